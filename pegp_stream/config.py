@@ -1,0 +1,201 @@
+"""Typed, frozen configuration for every area of pegp-stream, validated in one place.
+
+A config is built from a plain mapping (parsed YAML/JSON, or the dict a caller passes to
+`create_learner`); missing keys take the defaults below. `to_config` turns pydantic's validation
+errors into a `ConfigError` whose message names the offending field as a dotted path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from .errors import ConfigError
+
+T = TypeVar("T", bound=BaseModel)
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BackboneConfig(BaseModel):
+    """The frozen timm VisionTransformer. Keys other than those below go to `timm.create_model`
+    unchanged (img_size, patch_size, embed_dim, depth, num_heads, global_pool, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    name: str = Field("vit_tiny_patch16_224", description="timm model name (ViT or DeiT family)")
+    pretrained: bool = Field(False, description="load hub weights via timm (needs a reachable hub)")
+    checkpoint_path: str | None = Field(
+        None, description="local safetensors file or torch state dict of the timm model (head optional)"
+    )
+
+    @property
+    def timm_kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PetConfig(_Frozen):
+    """Base of every PET paradigm's config; `kind` selects the paradigm."""
+
+    kind: str
+
+
+class PromptConfig(PetConfig):
+    """Prompt-tuning: `length` learned tokens inserted after the prefix (CLS) tokens at `blocks[0]`;
+    further blocks (VPT-deep) overwrite those token slots with their own prompts."""
+
+    kind: Literal["prompt"] = "prompt"
+    length: Positive = Field(5, description="number of prompt tokens")
+    blocks: tuple[int, ...] = Field((0,), min_length=1, description="blocks whose input gets prompts")
+    init_std: float = Field(0.02, gt=0.0, description="std of the normal init of prompt tokens")
+
+
+class PrefixConfig(PetConfig):
+    """Prefix-tuning: learned key and value prefixes of `length` at the chosen blocks' attention."""
+
+    kind: Literal["prefix"] = "prefix"
+    length: Positive = Field(5, description="number of key/value prefix tokens per block")
+    blocks: tuple[int, ...] | None = Field(None, description="block indices; None = every block")
+    init_std: float = Field(0.02, gt=0.0)
+    freeze_values_after_consolidation: bool = Field(
+        False, description="stop training value prefixes after the first consolidation"
+    )
+
+
+class AdapterConfig(PetConfig):
+    """Bottleneck adapter (down, activation, up) in parallel to the attention or MLP sub-layer.
+    Up is initialised to zero, so a new adapter leaves the backbone's function unchanged. Both linears
+    are bias-free: a bias would move every old output and no feature space can protect it."""
+
+    kind: Literal["adapter"] = "adapter"
+    rank: Positive = Field(8, description="bottleneck width r")
+    blocks: tuple[int, ...] | None = Field(None, description="block indices; None = every block")
+    placement: Literal["mlp", "attn"] = Field("mlp", description="sub-layer the adapter runs beside")
+    scale: float = Field(1.0, gt=0.0, description="multiplier on the adapter output")
+    activation: Literal["relu", "gelu"] = "relu"
+
+
+class LoraConfig(PetConfig):
+    """LoRA on chosen linears: delta W = (alpha / rank) * B A, B initialised to zero.
+    Targets: `qkv` (the whole fused projection), `q`/`k`/`v` (its slices), `proj`, `fc1`, `fc2`."""
+
+    kind: Literal["lora"] = "lora"
+    rank: Positive = Field(4, description="LoRA rank r")
+    alpha: float = Field(8.0, gt=0.0, description="scale numerator; the update is scaled by alpha / rank")
+    targets: tuple[Literal["qkv", "q", "k", "v", "proj", "fc1", "fc2"], ...] = Field(
+        ("q", "v"), min_length=1
+    )
+    blocks: tuple[int, ...] | None = Field(None, description="block indices; None = every block")
+
+    @field_validator("targets")
+    @classmethod
+    def _qkv_excludes_slices(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
+        if "qkv" in targets and {"q", "k", "v"} & set(targets):
+            raise ValueError("'qkv' already covers its q/k/v slices; list either 'qkv' or slices")
+        if len(set(targets)) != len(targets):
+            raise ValueError("targets must not repeat")
+        return targets
+
+
+PET_CONFIGS: dict[str, type[PetConfig]] = {
+    "prompt": PromptConfig,
+    "prefix": PrefixConfig,
+    "adapter": AdapterConfig,
+    "lora": LoraConfig,
+}
+
+
+class ProjectionConfig(_Frozen):
+    """PEGP gradient projection and basis growth (pegp-method.md sections 1 and 3)."""
+
+    enabled: bool = Field(True, description="False gives the unprojected baseline")
+    eps: Fraction = Field(0.95, description="energy threshold for d-dimensional feature spaces")
+    eps_bottleneck: Fraction = Field(
+        0.8, description="energy threshold for r-dimensional spaces (adapter up, LoRA B), which fill fast"
+    )
+    protect_head: bool = Field(True, description="project the linear head's update against old features")
+    max_tokens_per_sample: int | None = Field(
+        None, ge=1, description="token subsampling for covariances: CLS plus random others; None = all"
+    )
+    svd: Literal["randomized", "exact"] = Field("randomized", description="eigensolver for basis growth")
+    oversample: int = Field(10, ge=0, description="extra columns for the randomized SVD")
+    power_iters: int = Field(2, ge=0, description="power iterations of the randomized SVD")
+    prefix_per_head: bool = Field(
+        True, description="prefix keys: one basis per attention head (keeps each head's logits exactly)"
+    )
+
+
+class OptimizerConfig(_Frozen):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum; reset at each consolidation")
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0.0)
+    grad_clip: float | None = Field(None, gt=0.0, description="clip the global gradient norm")
+
+
+class HeadConfig(_Frozen):
+    """Class-incremental classifier over the pooled feature (pegp-method.md section 5)."""
+
+    kind: Literal["linear", "ncm"] = Field("linear", description="linear head or nearest-class-mean")
+    max_classes: Positive = Field(1024, description="label capacity; a label beyond it is rejected")
+    train_mask: Literal["none", "segment"] = Field(
+        "none", description="'segment': training logits are masked to the labels seen in the current "
+        "segment (L2P-style train mask); predictions always use every class",
+    )
+    lr_scale: float = Field(1.0, gt=0.0, description="head learning rate = optimizer.lr * lr_scale")
+    ncm_temperature: float = Field(0.1, gt=0.0, description="ncm: softmax temperature on cosine similarity")
+
+
+class LearnerConfig(_Frozen):
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    pet: SerializeAsAny[PetConfig] = Field(default_factory=PromptConfig)
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast for backbone and PET compute where native; state stays fp32/fp64"
+    )
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto")
+    seed: int = 0
+
+    @field_validator("pet", mode="before")
+    @classmethod
+    def _pet_by_kind(cls, value: Any) -> Any:
+        if isinstance(value, PetConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError("must be a mapping with a 'kind'")
+        kind = value.get("kind", "prompt")
+        if kind not in PET_CONFIGS:
+            raise ValueError(f"unknown PET kind {kind!r}; valid kinds: {', '.join(sorted(PET_CONFIGS))}")
+        return PET_CONFIGS[kind].model_validate(dict(value, kind=kind))
+
+
+def _field_path(error: Mapping[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-")) or "<root>"
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def to_config(model: type[T], value: T | Mapping[str, Any] | None) -> T:
+    """Validate `value` as `model`; raise ConfigError naming every offending field."""
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(dict(value or {}))
+    except ValidationError as exc:
+        errors = exc.errors()
+        field = _field_path(errors[0])
+        reason = _message(errors[0]) + "".join(f"; {_field_path(e)}: {_message(e)}" for e in errors[1:])
+        raise ConfigError(field, reason) from None

@@ -1,0 +1,342 @@
+"""The online learner: predict-then-learn on a frozen ViT with PET tensors, PEGP-projected updates,
+segment feature statistics and basis growth at drift boundaries. No I/O happens here.
+
+One `learn_many` call is one step, read top to bottom: validate, forward (recording features), prequential
+predictions, loss, backward, project, optimizer step, project the applied update (optimizers that are not
+linear in the gradient), accumulate features.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.data import resolve_data_config
+
+from .backbone import build_backbone
+from .config import LearnerConfig, to_config
+from .errors import CheckpointError, LabelCapacityError
+from .head import LinearHead, NearestClassMeanHead
+from .pet import attach
+from .pet.base import FeatureTaps, SpaceSpec
+from .projection import ProtectedSpace
+from .update import build_optimizer, build_update_projection
+
+Label = int | str
+STATE_FORMAT = 1
+# Trained tensors (PET and head) are kept in float64 and cast to the compute dtype in the forward. With
+# float32 masters, rounding W_old + delta would add a component inside span(M) of order ulp(W) at every
+# step; float64 keeps the applied update orthogonal to old features to ~1e-12 over long streams, for the
+# price of a few MB (these tensors are small next to the frozen backbone).
+MASTER_DTYPE = torch.float64
+
+
+@dataclass(frozen=True)
+class LearnResult:
+    """Outcome of one `learn_many` step.
+
+    predictions: per input row, the label predicted *before* the update from the same forward (None when
+    no class was known before this batch, or the row was rejected); loss: mean loss over the accepted rows
+    (nan if none); rejected: row index -> reason, for rows that did not take part in the update.
+    """
+
+    predictions: list[Label | None]
+    loss: float
+    rejected: dict[int, str]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """labels: the arg-max class per row (None while no class is known); probs: (rows, len(classes))."""
+
+    labels: list[Label | None]
+    probs: torch.Tensor
+    classes: list[Label]
+
+
+def create_learner(config: LearnerConfig | Mapping[str, Any] | None = None) -> Learner:
+    """Build a learner from a typed config or a plain mapping (missing keys take defaults)."""
+    return Learner(to_config(LearnerConfig, config))
+
+
+class Learner:
+    def __init__(self, config: LearnerConfig) -> None:
+        self.config = config
+        self.device = _resolve_device(config.device)
+        self.autocast_dtype = _resolve_precision(config.precision, self.device)
+        self.taps = FeatureTaps()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.backbone = build_backbone(config.backbone)
+            self.attachment = attach(self.backbone, config.pet, self.taps, config.projection)
+        dim, capacity = self.backbone.num_features, config.head.max_classes
+        if config.head.kind == "ncm":
+            self.head = NearestClassMeanHead(capacity, dim, config.head.ncm_temperature)
+        else:
+            self.head = LinearHead(capacity, dim, dtype=MASTER_DTYPE)
+        self.input_size = (self.backbone.patch_embed.proj.in_channels, *self.backbone.patch_embed.img_size)
+        self.backbone.to(self.device)
+        self.attachment.modules.to(self.device)
+        self.head.to(self.device)
+        self.pet_parameters = self.attachment.pet_parameters()
+        for param in self.pet_parameters.values():
+            param.data = param.data.to(MASTER_DTYPE)
+        self.spaces = [ProtectedSpace(spec, config.projection, self.device) for spec in self._space_specs()]
+        self.optimizer = build_optimizer(config, list(self.pet_parameters.values()), list(self.head.parameters()))
+        self.update_projection = build_update_projection(config, self.spaces)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.classes: list[Label] = []
+        self._class_index: dict[Label, int] = {}
+        self.segment_classes: set[int] = set()
+        self.updates = 0
+        self.samples_learned = 0
+        self.consolidations = 0
+
+    # ----------------------------------------------------------------------------------------------------
+    # the step
+
+    def learn_many(self, images: torch.Tensor, labels: Sequence[Label]) -> LearnResult:
+        """Predict each row with the current model, then take one projected step on the batch."""
+        images = self._check_images(images)
+        if len(labels) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
+        rejected = {i: "non-finite pixel values" for i in _nonfinite_rows(images)}
+        rows = [i for i in range(images.shape[0]) if i not in rejected]
+        predictions: list[Label | None] = [None] * images.shape[0]
+        known = len(self.classes)
+        targets = self._targets([labels[i] for i in rows])
+        step = self._forward(images[rows], targets, known)
+        if step is not None and not torch.isfinite(step.per_sample_loss).all():
+            bad = (~torch.isfinite(step.per_sample_loss)).nonzero().flatten().tolist()
+            rejected.update({rows[j]: "non-finite loss" for j in bad})
+            keep = [j for j in range(len(rows)) if j not in bad]
+            rows, targets = [rows[j] for j in keep], targets[keep]
+            step = self._forward(images[rows], targets, known)
+        if step is None:
+            return LearnResult(predictions, math.nan, dict(sorted(rejected.items())))
+        for row, predicted in zip(rows, step.predicted, strict=True):
+            predictions[row] = predicted
+        self._update(step.loss)
+        self._observe(step, targets)
+        return LearnResult(predictions, step.loss.item(), dict(sorted(rejected.items())))
+
+    def _forward(self, images: torch.Tensor, targets: torch.Tensor, known: int) -> _Step | None:
+        if images.shape[0] == 0:
+            return None
+        with self.taps.recording() as features, self._autocast():
+            pooled = self._pooled(images)
+        pooled = pooled.float()
+        features["head"] = pooled.detach()
+        logits = self.head(pooled, len(self.classes))
+        predicted = logits[:, :known].argmax(dim=1).tolist() if known else [None] * len(targets)
+        per_sample = F.cross_entropy(self._train_mask(logits), targets, reduction="none")
+        labels = [self.classes[i] if i is not None else None for i in predicted]
+        return _Step(labels, per_sample, per_sample.mean(), dict(features))
+
+    def _update(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for space in self.spaces:
+            space.project_params_grad_()
+        if self.config.optimizer.grad_clip is not None:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.optimizer.grad_clip)
+        with self.update_projection.around_step():
+            self.optimizer.step()
+        self.updates += 1
+
+    @torch.no_grad()
+    def _observe(self, step: _Step, targets: torch.Tensor) -> None:
+        for space in self.spaces:
+            space.accumulate(self._subsample_tokens(step.features[space.name]))
+        self.head.observe(step.features["head"], targets)
+        self.samples_learned += len(targets)
+
+    # ----------------------------------------------------------------------------------------------------
+    # boundaries, inference, state
+
+    def consolidate(self) -> dict[str, int]:
+        """A drift boundary: grow every basis from its segment covariance, reset the covariances and the
+        optimizer state (momentum). Returns the rank of every protected space."""
+        ranks = {}
+        for i, space in enumerate(self.spaces):
+            ranks[space.name] = space.consolidate(seed=self.config.seed * 1_000_003 + self.consolidations * 7919 + i)
+        self.optimizer.state.clear()
+        self.consolidations += 1
+        self.segment_classes.clear()
+        for hook in self.attachment.on_consolidate:
+            hook(self.consolidations)
+        return ranks
+
+    @torch.no_grad()
+    def predict_many(self, images: torch.Tensor) -> Prediction:
+        """Class probabilities for each row; changes no state."""
+        images = self._check_images(images)
+        n = len(self.classes)
+        with self._autocast():
+            pooled = self._pooled(images)
+        probs = self.head(pooled.float(), n).softmax(dim=1) if n else torch.zeros(images.shape[0], 0)
+        labels = [self.classes[i] for i in probs.argmax(dim=1).tolist()] if n else [None] * images.shape[0]
+        return Prediction(labels, probs.cpu(), list(self.classes))
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {space.name: space.rank for space in self.spaces}
+
+    @property
+    def input_config(self) -> dict[str, Any]:
+        """What the images fed to the learner must look like: input_size (C, H, W), mean, std (from the
+        model's pretrained config), interpolation."""
+        return {**resolve_data_config(model=self.backbone), "input_size": self.input_size}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bitwise: PET tensors, head, label map, optimizer state, bases,
+        segment covariances, RNG state and counters. Tensors are copies (safe to keep while learning)."""
+        return {
+            "format": STATE_FORMAT,
+            "config": self.config.model_dump(mode="json"),
+            "pet": {name: p.detach().clone() for name, p in self.pet_parameters.items()},
+            "head": {k: v.detach().clone() for k, v in self.head.state_dict().items()},
+            "classes": list(self.classes),
+            "segment_classes": sorted(self.segment_classes),
+            "optimizer": _clone(self.optimizer.state_dict()),
+            "spaces": {space.name: space.state_dict() for space in self.spaces},
+            "generator": self.generator.get_state(),
+            "counters": {"updates": self.updates, "samples_learned": self.samples_learned,
+                         "consolidations": self.consolidations},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a `state_dict` taken from a learner built with a compatible config."""
+        if state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"unsupported learner state format {state.get('format')!r}")
+        try:
+            with torch.no_grad():
+                _load_tensors(self.pet_parameters, state["pet"], "pet")
+                self.head.load_state_dict(state["head"])
+            missing = {s.name for s in self.spaces} ^ set(state["spaces"])
+            if missing:
+                raise CheckpointError(f"protected spaces differ from the checkpoint's: {sorted(missing)}")
+            for space in self.spaces:
+                space.load_state_dict(state["spaces"][space.name])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"learner state does not fit this learner: {exc}") from None
+        self.classes = list(state["classes"])
+        self._class_index = {label: i for i, label in enumerate(self.classes)}
+        self.segment_classes = set(state["segment_classes"])
+        self.generator.set_state(state["generator"])
+        counters = state["counters"]
+        self.updates, self.samples_learned = counters["updates"], counters["samples_learned"]
+        self.consolidations = counters["consolidations"]
+        for hook in self.attachment.on_consolidate if self.consolidations else ():
+            hook(self.consolidations)
+
+    # ----------------------------------------------------------------------------------------------------
+    # helpers
+
+    def _pooled(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _space_specs(self) -> list[SpaceSpec]:
+        if not self.config.projection.enabled:
+            return []
+        specs = list(self.attachment.spaces)
+        if self.config.projection.protect_head and isinstance(self.head, LinearHead):
+            specs.append(SpaceSpec("head", self.backbone.num_features, [self.head.weight]))
+        return specs
+
+    def _targets(self, labels: Sequence[Label]) -> torch.Tensor:
+        new = list(dict.fromkeys(label for label in labels if label not in self._class_index))
+        if len(self.classes) + len(new) > self.config.head.max_classes:
+            raise LabelCapacityError(
+                f"label(s) {new[:5]} exceed head.max_classes={self.config.head.max_classes}"
+            )
+        for label in new:
+            self._class_index[label] = len(self.classes)
+            self.classes.append(label)
+        targets = [self._class_index[label] for label in labels]
+        self.segment_classes.update(targets)
+        return torch.tensor(targets, dtype=torch.int64, device=self.device)
+
+    def _train_mask(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.config.head.train_mask == "none":
+            return logits
+        mask = torch.full_like(logits, -math.inf)
+        mask[:, sorted(self.segment_classes)] = 0.0
+        return logits + mask
+
+    def _subsample_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        limit = self.config.projection.max_tokens_per_sample
+        if limit is None or features.dim() < 3 or features.shape[1] <= limit:
+            return features
+        others = torch.randperm(features.shape[1] - 1, generator=self.generator)[: limit - 1] + 1
+        keep = torch.cat([torch.zeros(1, dtype=torch.int64), others.sort().values]).to(features.device)
+        return features[:, keep]
+
+    def _check_images(self, images: torch.Tensor) -> torch.Tensor:
+        expected = self.input_size
+        if not isinstance(images, torch.Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images must be a float tensor (B, {', '.join(map(str, expected))}); got {shape}")
+        return images.to(self.device, torch.float32)
+
+
+@dataclass
+class _Step:
+    predicted: list[Label | None]
+    per_sample_loss: torch.Tensor
+    loss: torch.Tensor
+    features: dict[str, torch.Tensor]
+
+
+def _nonfinite_rows(images: torch.Tensor) -> list[int]:
+    return (~torch.isfinite(images).flatten(1).all(dim=1)).nonzero().flatten().tolist()
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. `auto` picks bf16 where the hardware runs it natively."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return torch.bfloat16 if native else None
+
+
+def _clone(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_clone(v) for v in value)
+    return value
+
+
+def _load_tensors(params: Mapping[str, torch.nn.Parameter], state: Mapping[str, torch.Tensor], where: str) -> None:
+    if set(params) != set(state):
+        raise CheckpointError(f"{where}: tensor names differ: {sorted(set(params) ^ set(state))[:8]}")
+    for name, param in params.items():
+        if param.shape != state[name].shape:
+            raise CheckpointError(f"{where}.{name}: shape {tuple(state[name].shape)} != {tuple(param.shape)}")
+        param.copy_(state[name])

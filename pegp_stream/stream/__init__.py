@@ -1,0 +1,1 @@
+"""The data stream: schedules of labelled samples and how they are sent and received."""
