@@ -37,6 +37,7 @@ __all__ = [
     "LabelledImages",
     "SPLITS",
     "available_datasets",
+    "default_cache_dir",
     "file_sha256",
     "load_dataset",
     "read_sha256sums",
@@ -326,7 +327,9 @@ def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _shared_npz_loader(name: str, filename: str, class_names: tuple[str, ...]):
+def _shared_npz_loader(name: str, filename: str, class_names: tuple[str, ...]) -> DatasetLoader:
+    """A loader for shared npz file `filename` (keys xtrain, ytrain, xtest, ytest), verified if listed."""
+
     def load(split: str, data_dir: Path | None, cache_dir: Path | None) -> LabelledImages:
         images, labels, _ = _load_split_npz(_locate_shared_file(filename, data_dir), split, name)
         return LabelledImages(images, labels, class_names, name)

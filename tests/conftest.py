@@ -1,0 +1,57 @@
+"""Shared fixtures: a tiny ViT config and real images (scikit-learn's bundled digits, no download)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+TINY_BACKBONE = {
+    "name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
+    "embed_dim": 64, "depth": 2, "num_heads": 4,
+}
+TINY_PET = {
+    "prompt": {"kind": "prompt", "length": 4},
+    "prefix": {"kind": "prefix", "length": 4},
+    "adapter": {"kind": "adapter", "rank": 8},
+    "lora": {"kind": "lora", "rank": 4, "targets": ["q", "v"]},
+}
+
+
+def tiny_config(kind: str, **overrides: object) -> dict:
+    config = {"backbone": dict(TINY_BACKBONE), "pet": dict(TINY_PET[kind]), "precision": "fp32", "seed": 0}
+    for key, value in overrides.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
+    return config
+
+
+@cache
+def _digits() -> tuple[torch.Tensor, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8) in [0, 1]
+    images = F.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    images = ((images - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
+    return images, digits.target.astype(np.int64)
+
+
+def digits_segment(classes: tuple[int, ...], count: int, offset: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """`count` digits images (3 x 32 x 32, normalised) of the given classes, in a fixed order."""
+    images, labels = _digits()
+    rows = np.flatnonzero(np.isin(labels, classes))[offset : offset + count]
+    return images[rows].clone(), labels[rows].tolist()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} not present")
+    return SHARED_DATA
