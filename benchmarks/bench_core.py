@@ -1,0 +1,77 @@
+"""Core benchmarks of pegp-stream: the projection's cost per step, the basis refresh, and the step bound.
+
+    python -m benchmarks.bench_core projection-cost [--quick] [--out DIR]
+    python -m benchmarks.bench_core basis-refresh   [--quick] [--out DIR]
+    python -m benchmarks.bench_core step-bound      [--quick] [--out DIR]
+
+Each subcommand prints a table, writes `<name>.csv` (and a PNG) to `--out`; `--quick` runs a tiny model
+(depth 2, width 64, 32 px) in seconds, for smoke tests. See benchmarks/README.md for what each measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from . import basis_refresh, projection_cost, step_bound
+from .common import PARADIGMS
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "out"
+SUBCOMMANDS = {
+    "projection-cost": (projection_cost, "learn throughput with projection on vs off, per paradigm"),
+    "basis-refresh": (basis_refresh, "randomized vs exact eigensolvers vs full SVD for basis growth"),
+    "step-bound": (step_bound, "learn throughput over the frozen backbone's forward + input-gradient floor"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_core", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for CSV/PNG (default: %(default)s)")
+        sub.add_argument("--quick", action="store_true", help="tiny model / sizes: a smoke test in seconds")
+        sub.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default per command)")
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--threads", type=int, default=None,
+                         help="torch intra-op threads (default: torch's own, one per core; quick: 1)")
+        if module is not basis_refresh:
+            sub.add_argument("--img-size", type=int, default=None, help="backbone img_size (default 224; quick 32)")
+            sub.add_argument("--batch", type=int, default=None, help="batch size (default 16; quick 4)")
+            sub.add_argument("--paradigms", type=_paradigms, default=list(PARADIGMS),
+                             help="comma-separated PET kinds (default: all four)")
+        module.add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, _ = SUBCOMMANDS[args.command]
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    # One thread for smoke runs: on 2 shared cores, a second OpenMP thread that has to wait for a busy core
+    # turns every tiny kernel into a barrier stall (measured: 4 ms -> 200 ms per tiny-model step).
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    module.run(args, args.out)
+    print(f"[{args.command}] done in {time.perf_counter() - start:.1f} s; results in {args.out}")
+    return 0
+
+
+def _paradigms(text: str) -> list[str]:
+    kinds = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [k for k in kinds if k not in PARADIGMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown paradigm(s) {unknown}; valid: {', '.join(PARADIGMS)}")
+    return kinds
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""What the benchmarks share: model sizes, synthetic batches, prepared learners, interleaved timing,
+and the table / CSV / PNG writers.
+
+Timing discipline (the machines are 2 shared, noisy cores): every variant of a comparison is built up
+front, then timed one step at a time in rounds, the order rotated each round, so slow phases of the
+machine hit every variant alike. Ratios are taken per round (paired) and summarised by their median.
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pegp_stream import Learner, create_learner
+
+PARADIGMS = ("prompt", "prefix", "adapter", "lora")
+CLASSES = 10
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """A backbone (timm name plus kwargs) and the batch size it is timed at."""
+
+    backbone: dict[str, Any]
+    batch: int
+
+    @property
+    def img_size(self) -> int:
+        return int(self.backbone["img_size"])
+
+    @property
+    def tokens(self) -> int:
+        patch = int(self.backbone.get("patch_size", 16))
+        return (self.img_size // patch) ** 2 + 1
+
+    def describe(self) -> str:
+        extra = {k: v for k, v in self.backbone.items() if k not in ("name", "img_size")}
+        options = "".join(f", {k}={v}" for k, v in extra.items())
+        name = self.backbone["name"]
+        return f"{name} at img_size {self.img_size}{options} ({self.tokens} tokens), batch {self.batch}"
+
+
+def model_size(quick: bool, img_size: int | None = None, batch: int | None = None) -> ModelSize:
+    """The realistic ViT-Tiny (depth 12, width 192, 3 heads) or, with `quick`, a depth-2 width-64 32 px model."""
+    if quick:
+        backbone = {"name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "embed_dim": 64,
+                    "depth": 2, "num_heads": 2}
+        size = ModelSize(backbone, 4)
+    else:
+        size = ModelSize({"name": "vit_tiny_patch16_224", "img_size": 224}, 16)
+    backbone = dict(size.backbone, **({"img_size": img_size} if img_size else {}))
+    return ModelSize(backbone, batch or size.batch)
+
+
+def synthetic_batches(size: ModelSize, count: int, seed: int = 0) -> list[tuple[torch.Tensor, list[int]]]:
+    """`count` batches of N(0, 1) images (already 'normalised') with labels cycling over CLASSES."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (size.batch, 3, size.img_size, size.img_size)
+    batches = []
+    for b in range(count):
+        images = torch.randn(shape, generator=generator)
+        labels = [(b * size.batch + i) % CLASSES for i in range(size.batch)]
+        batches.append((images, labels))
+    return batches
+
+
+def learner_config(
+    size: ModelSize,
+    kind: str,
+    *,
+    projection: bool = True,
+    max_tokens: int | None = None,
+    precision: str = "fp32",
+    optimizer: str = "sgd",
+    seed: int = 0,
+) -> dict[str, Any]:
+    # lr 0.01: the timed steps revisit the same few batches; a larger rate can diverge, and a rejected
+    # (non-finite) row makes the learner run a second forward, which would distort the timing.
+    return {
+        "backbone": dict(size.backbone),
+        "pet": {"kind": kind},
+        "projection": {"enabled": projection, "eps": 0.95, "max_tokens_per_sample": max_tokens},
+        "optimizer": {"name": optimizer, "lr": 0.01 if optimizer == "sgd" else 1e-3},
+        "precision": precision,
+        "seed": seed,
+    }
+
+
+@dataclass
+class LearnerFeed:
+    """A learner that has learned one segment and consolidated (so its bases are non-empty), then steps
+    through `batches` cyclically. `rejected` counts rows the learner refused (should stay 0)."""
+
+    learner: Learner
+    batches: Sequence[tuple[torch.Tensor, list[int]]]
+    position: int = 0
+    rejected: int = 0
+    ranks: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def prepared(cls, config: Mapping[str, Any], segment: Sequence, batches: Sequence) -> LearnerFeed:
+        learner = create_learner(config)
+        feed = cls(learner, batches)
+        for images, labels in segment:
+            feed.rejected += len(learner.learn_many(images, labels).rejected)
+        feed.ranks = learner.consolidate()
+        return feed
+
+    def step(self) -> None:
+        images, labels = self.batches[self.position % len(self.batches)]
+        self.position += 1
+        self.rejected += len(self.learner.learn_many(images, labels).rejected)
+
+    @property
+    def total_rank(self) -> int:
+        return sum(self.ranks.values())
+
+
+def interleaved(variants: Mapping[str, Callable[[], None]], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of every variant, `rounds` calls each, one call per variant per round, the order
+    rotated each round. `warmup` untimed calls per variant first (allocator, oneDNN kernel caches)."""
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    gc.collect()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> tuple[float, float, float]:
+    """Median, first and third quartile of the per-round ratios numerator[r] / denominator[r]."""
+    ratios = sorted(n / d for n, d in zip(numerator, denominator, strict=True))
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return statistics.median(ratios), q1, q3
+
+
+def machine_line() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"machine: {os.cpu_count()} CPU cores (shared), torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, {platform.python_implementation()} {platform.python_version()}, "
+            f"load average {load:.2f} at start")
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Plain-text table, right-aligned numbers, left-aligned text."""
+    cells = [[_cell(row.get(col)) for col in columns] for row in rows]
+    widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
+    numeric = [all(_is_number(row.get(col)) for row in rows) for col in columns]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(list(columns)), rule, *(line(r) for r in cells)])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # nan
+            return "nan"
+        magnitude = abs(value)
+        if magnitude >= 100:
+            return f"{value:.1f}"
+        if magnitude >= 1 or magnitude == 0:
+            return f"{value:.3f}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def report(title: str, header: Sequence[str], rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """The text a subcommand prints: title, header lines, the table."""
+    return "\n".join([title, *(f"  {line}" for line in header), "", format_table(rows, columns), ""])
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or None when matplotlib is not installed (PNG skipped)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

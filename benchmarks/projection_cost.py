@@ -1,0 +1,240 @@
+"""projection-cost: learn throughput with PEGP projection on vs off, per PET paradigm, in one interleaved run.
+
+Every variant learns the same segment and consolidates first, so the projecting learners have non-empty
+bases (the projection is a no-op on empty ones) and all variants carry the same history. Then each
+variant takes one `learn_many` step per round, rounds interleaved (see common.py). Afterwards each
+projecting learner is instrumented (its spaces' methods wrapped with clocks, nothing in pegp_stream
+changed) for a per-component breakdown of where the projection's time goes; `--profile` adds a
+torch.profiler op table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pegp_stream import Learner
+
+from .common import (
+    LearnerFeed,
+    interleaved,
+    learner_config,
+    machine_line,
+    median,
+    model_size,
+    paired_ratio,
+    pyplot,
+    report,
+    synthetic_batches,
+    write_csv,
+)
+
+TARGET_OVERHEAD_PCT = 3.0
+COLUMNS = [
+    "paradigm", "variant", "max_tokens_per_sample", "precision", "optimizer", "model", "batch", "rounds",
+    "step_ms", "samples_per_s", "throughput_ratio", "overhead_pct", "overhead_q1_pct", "overhead_q3_pct",
+    "total_rank", "rejected_rows",
+]
+BREAKDOWN_COLUMNS = ["paradigm", "variant", "component", "ms_per_step", "pct_of_step", "calls_per_step"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token-limits", type=_int_list, default=None,
+                        help="max_tokens_per_sample values timed as extra variants (default 65,17; quick: 5)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                        help="adam also projects the applied update (ProjectAppliedUpdate)")
+    parser.add_argument("--breakdown-steps", type=int, default=None, help="instrumented steps per variant")
+    parser.add_argument("--profile", action="store_true", help="write a torch.profiler op table per paradigm")
+
+
+def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
+    size = model_size(args.quick, args.img_size, args.batch)
+    rounds = args.rounds or (2 if args.quick else 8)
+    limits = args.token_limits or ([5] if args.quick else [65, 17])
+    steps = args.breakdown_steps or (1 if args.quick else 3)
+    segment, batches = synthetic_batches(size, 2, seed=1), synthetic_batches(size, 4, seed=2)
+    rows, breakdown, profiles = [], [], []
+    for kind in args.paradigms:
+        feeds = _prepared_variants(size, kind, limits, args, segment, batches)
+        times = interleaved({name: feed.step for name, (_, feed) in feeds.items()}, rounds, warmup=1)
+        for name, (limit, feed) in feeds.items():
+            rows.append(_summary_row(kind, name, limit, feed, times[name], times["off"], size, rounds, args))
+        for name, (_, feed) in feeds.items():
+            if name != "off":
+                breakdown += _component_breakdown(kind, name, feed, steps)
+        if args.profile:
+            profiles.append(_profile_table(kind, feeds))
+    header = [f"model: {size.describe()}, {args.precision}, {args.optimizer}; random-init weights, "
+              "synthetic N(0,1) images; bases grown from one 2-batch segment before timing",
+              machine_line(),
+              f"{rounds} interleaved rounds of one learn_many step per variant; ratios are medians of per-round "
+              f"pairs with 'off'; target: overhead <= {TARGET_OVERHEAD_PCT:.0f}% for 'on'"]
+    shown = ["paradigm", "variant", "step_ms", "samples_per_s", "throughput_ratio", "overhead_pct",
+             "overhead_q1_pct", "overhead_q3_pct", "total_rank", "target_met"]
+    for row in rows:
+        row["target_met"] = "-" if row["variant"] == "off" else _yes(row["overhead_pct"] <= TARGET_OVERHEAD_PCT)
+    print(report("projection-cost: learn throughput, projection on vs off", header, rows, shown))
+    print(report("projection-cost breakdown: instrumented steps of the projecting learners",
+                 ["component times are summed over the wrapped pegp_stream calls; pct is of the same steps' "
+                  "median wall time"], breakdown, BREAKDOWN_COLUMNS))
+    write_csv(out / "projection_cost.csv", rows, COLUMNS)
+    write_csv(out / "projection_cost_breakdown.csv", breakdown, BREAKDOWN_COLUMNS)
+    if profiles:
+        (out / "projection_cost_profile.txt").write_text("\n\n".join(profiles))
+    _plot(rows, out / "projection_cost.png", size.describe(), args.precision)
+    return rows
+
+
+def _prepared_variants(
+    size, kind: str, limits: list[int], args: argparse.Namespace, segment, batches
+) -> dict[str, tuple[int | None, LearnerFeed]]:
+    variants: dict[str, tuple[bool, int | None]] = {"off": (False, None), "on": (True, None)}
+    variants.update({f"on, tokens<={limit}": (True, limit) for limit in limits})
+    feeds = {}
+    for name, (enabled, limit) in variants.items():
+        config = learner_config(size, kind, projection=enabled, max_tokens=limit, precision=args.precision,
+                                optimizer=args.optimizer, seed=args.seed)
+        feeds[name] = (limit, LearnerFeed.prepared(config, segment, batches))
+    return feeds
+
+
+def _summary_row(kind, name, limit, feed, times, off_times, size, rounds, args) -> dict[str, Any]:
+    ratio, q1, q3 = paired_ratio(times, off_times)  # step-time ratio variant / off, per round
+    step = median(times)
+    return {
+        "paradigm": kind, "variant": name, "max_tokens_per_sample": limit, "precision": args.precision,
+        "optimizer": args.optimizer, "model": size.describe(), "batch": size.batch, "rounds": rounds,
+        "step_ms": step * 1e3, "samples_per_s": size.batch / step, "throughput_ratio": 1.0 / ratio,
+        "overhead_pct": (ratio - 1.0) * 100, "overhead_q1_pct": (q1 - 1.0) * 100,
+        "overhead_q3_pct": (q3 - 1.0) * 100, "total_rank": feed.total_rank, "rejected_rows": feed.rejected,
+    }
+
+
+class ComponentClock:
+    """Accumulates wall time and call counts per component over wrapped callables."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap(self, component: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[component] += time.perf_counter() - start
+                self.calls[component] += 1
+
+        return timed
+
+    def wrap_context(self, component: str, factory: Callable[[], contextlib.AbstractContextManager]) -> Callable:
+        """Time a context manager's enter and exit, not the body it wraps (the optimizer step)."""
+
+        @contextlib.contextmanager
+        def timed() -> Iterator[None]:
+            manager = factory()
+            start = time.perf_counter()
+            manager.__enter__()
+            self.seconds[component] += time.perf_counter() - start
+            self.calls[component] += 1
+            try:
+                yield
+            finally:
+                start = time.perf_counter()
+                manager.__exit__(None, None, None)
+                self.seconds[component] += time.perf_counter() - start
+
+        return timed
+
+
+def _space_group(learner: Learner, space) -> str:
+    if space.name == "head":
+        return "head"
+    return f"r-dim (rank {space.spec.dim})" if space.spec.bottleneck else f"{space.spec.dim}-dim"
+
+
+def instrument(learner: Learner, clock: ComponentClock) -> None:
+    """Wrap the learner's projection work with clocks (instance attributes shadow the methods)."""
+    for space in learner.spaces:
+        group = _space_group(learner, space)
+        space.accumulate = clock.wrap(f"covariance accumulate, {group} spaces", space.accumulate)
+        space.project_params_grad_ = clock.wrap(f"gradient projection, {group} spaces", space.project_params_grad_)
+    learner._subsample_tokens = clock.wrap("token subsample", learner._subsample_tokens)
+    update = learner.update_projection
+    update.around_step = clock.wrap_context("applied-update copy + projection", update.around_step)
+
+
+def _component_breakdown(kind: str, name: str, feed: LearnerFeed, steps: int) -> list[dict[str, Any]]:
+    clock = ComponentClock()
+    instrument(feed.learner, clock)
+    walls = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        feed.step()
+        walls.append(time.perf_counter() - start)
+    step = median(walls)
+    rows = [{"paradigm": kind, "variant": name, "component": component, "ms_per_step": seconds / steps * 1e3,
+             "pct_of_step": seconds / steps / step * 100, "calls_per_step": clock.calls[component] // steps}
+            for component, seconds in sorted(clock.seconds.items())]
+    total = sum(clock.seconds.values()) / steps
+    rows.append({"paradigm": kind, "variant": name, "component": "all projection work", "ms_per_step": total * 1e3,
+                 "pct_of_step": total / step * 100, "calls_per_step": None})
+    rows.append({"paradigm": kind, "variant": name, "component": "whole learn_many step", "ms_per_step": step * 1e3,
+                 "pct_of_step": 100.0, "calls_per_step": 1})
+    return rows
+
+
+def _profile_table(kind: str, feeds: dict[str, tuple[int | None, LearnerFeed]]) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    parts = []
+    for name in ("off", "on"):
+        feed = feeds[name][1]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(2):
+                feed.step()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
+        parts.append(f"== {kind}, projection {name}, 2 learn_many steps ==\n{table}")
+    return "\n".join(parts)
+
+
+def _plot(rows: list[dict[str, Any]], path: Path, model: str, precision: str) -> None:
+    plt = pyplot()
+    if plt is None:
+        return
+    paradigms = list(dict.fromkeys(row["paradigm"] for row in rows))
+    variants = [v for v in dict.fromkeys(row["variant"] for row in rows) if v != "off"]
+    by_key = {(row["paradigm"], row["variant"]): row for row in rows}
+    width = 0.8 / max(len(variants), 1)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, variant in enumerate(variants):
+        values = [by_key[p, variant]["overhead_pct"] for p in paradigms]
+        low = [v - by_key[p, variant]["overhead_q1_pct"] for p, v in zip(paradigms, values, strict=True)]
+        high = [by_key[p, variant]["overhead_q3_pct"] - v for p, v in zip(paradigms, values, strict=True)]
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(paradigms))]
+        ax.bar(xs, values, width, yerr=[low, high], capsize=3, label=variant)
+    ax.axhline(TARGET_OVERHEAD_PCT, color="red", linestyle="--", label=f"target {TARGET_OVERHEAD_PCT:.0f}%")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(paradigms)), paradigms)
+    ax.set_ylabel("step-time overhead vs off (%), median and IQR")
+    ax.set_title(f"PEGP projection overhead, {precision}\n{model}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+

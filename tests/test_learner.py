@@ -1,0 +1,147 @@
+"""Learner semantics: prequential predictions, the growing head, bad rows, boundaries, head variants."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import digits_segment, tiny_config
+from pegp_stream import create_learner
+from pegp_stream.errors import LabelCapacityError
+
+
+def test_predictions_are_made_before_the_update_from_the_same_forward():
+    learner = create_learner(tiny_config("adapter"))
+    x0, y0 = digits_segment((0, 1), 16)
+    first = learner.learn_many(x0, [f"digit-{y}" for y in y0])
+    assert first.predictions == [None] * 16  # nothing known before the first batch
+    x1, y1 = digits_segment((0, 1), 16, offset=16)
+    expected = learner.predict_many(x1).labels
+    out = learner.learn_many(x1, [f"digit-{y}" for y in y1])
+    assert out.predictions == expected
+    assert learner.predict_many(x1).labels != expected or learner.updates == 2
+
+
+def test_head_grows_in_order_of_arrival_and_new_labels_are_not_predicted_early():
+    learner = create_learner(tiny_config("prompt"))
+    x, y = digits_segment((3, 7), 8)
+    learner.learn_many(x, [7] * 8)
+    out = learner.learn_many(x, [3, 3, 7, 7, "ship", "ship", 3, 7])
+    assert learner.classes == [7, 3, "ship"]
+    assert set(out.predictions) <= {7}  # only classes known before the batch can be predicted
+    prediction = learner.predict_many(x)
+    assert prediction.probs.shape == (8, 3) and prediction.classes == [7, 3, "ship"]
+    torch.testing.assert_close(prediction.probs.sum(1), torch.ones(8))
+
+
+def test_prequential_accuracy_is_well_above_chance_on_digits():
+    learner = create_learner(tiny_config("lora"))
+    x, y = digits_segment((0, 1, 2), 360)
+    correct = []
+    for i in range(0, 360, 12):
+        out = learner.learn_many(x[i : i + 12], y[i : i + 12])
+        correct += [p == t for p, t in zip(out.predictions, y[i : i + 12], strict=True)]
+    late = sum(correct[-120:]) / 120
+    print(f"prequential accuracy over the last 120 of 360 digits (3 classes): {late:.2f}")
+    assert late > 0.8
+
+
+def test_label_beyond_capacity_is_refused_before_any_change():
+    learner = create_learner(tiny_config("adapter", head={"max_classes": 2}))
+    x, _ = digits_segment((0, 1), 4)
+    learner.learn_many(x, [0, 1, 0, 1])
+    before = learner.state_dict()
+    with pytest.raises(LabelCapacityError, match="max_classes=2"):
+        learner.learn_many(x, [0, 1, 2, 1])
+    assert learner.classes == [0, 1] and learner.updates == before["counters"]["updates"]
+
+
+def test_rows_with_non_finite_pixels_or_loss_are_rejected_and_the_rest_learned():
+    learner = create_learner(tiny_config("adapter"))
+    x, y = digits_segment((0, 1), 8)
+    x[2, 0, 5, 5] = float("nan")
+    x[5] = 3e38  # finite, but overflows inside the network
+    out = learner.learn_many(x, y)
+    assert out.rejected == {2: "non-finite pixel values", 5: "non-finite loss"}
+    assert out.predictions[2] is None and math.isfinite(out.loss)
+    assert learner.samples_learned == 6
+    assert all(torch.isfinite(p).all() for p in learner.pet_parameters.values())
+    assert all(torch.isfinite(s.covariance).all() for s in learner.spaces)
+
+
+def test_wrong_image_shape_is_a_clear_error():
+    learner = create_learner(tiny_config("prompt"))
+    with pytest.raises(ValueError, match=r"images must be a float tensor \(B, 3, 32, 32\); got \(2, 3, 28, 28\)"):
+        learner.learn_many(torch.zeros(2, 3, 28, 28), [0, 1])
+    with pytest.raises(ValueError, match="2 images but 3 labels"):
+        learner.learn_many(torch.zeros(2, 3, 32, 32), [0, 1, 2])
+
+
+def test_consolidate_resets_momentum_and_segment_statistics():
+    learner = create_learner(tiny_config("lora"))
+    x, y = digits_segment((0, 1), 16)
+    learner.learn_many(x, y)
+    assert learner.optimizer.state and any(s.rows for s in learner.spaces)
+    ranks = learner.consolidate()
+    assert not learner.optimizer.state
+    assert all(s.rows == 0 and not s.covariance.any() for s in learner.spaces)
+    assert ranks == learner.ranks and all(0 < r <= s.capacity for s, r in zip(learner.spaces, ranks.values(),
+                                                                               strict=True))
+
+
+def test_projection_disabled_has_no_spaces_and_consolidate_reports_none():
+    learner = create_learner(tiny_config("adapter", projection={"enabled": False}))
+    x, y = digits_segment((0, 1), 8)
+    learner.learn_many(x, y)
+    assert learner.spaces == [] and learner.consolidate() == {}
+
+
+def test_segment_train_mask_leaves_old_class_rows_untouched():
+    learner = create_learner(tiny_config("adapter", head={"train_mask": "segment"},
+                                         projection={"protect_head": False}))
+    x, y = digits_segment((0, 1), 16)
+    learner.learn_many(x, y)
+    learner.consolidate()
+    old_rows = learner.head.weight[:2].detach().clone()
+    x, y = digits_segment((2, 3), 16)
+    learner.learn_many(x, y)
+    assert torch.equal(learner.head.weight[:2], old_rows)
+    assert learner.head.weight[2:4].abs().sum() > 0
+
+
+def test_nearest_class_mean_head_learns():
+    learner = create_learner(tiny_config("adapter", head={"kind": "ncm"}))
+    assert all(space.name != "head" for space in learner.spaces)
+    x, y = digits_segment((0, 1), 96)
+    for i in range(0, 96, 12):
+        learner.learn_many(x[i : i + 12], y[i : i + 12])
+    test_x, test_y = digits_segment((0, 1), 40, offset=96)
+    accuracy = sum(p == t for p, t in zip(learner.predict_many(test_x).labels, test_y, strict=True)) / 40
+    assert accuracy > 0.9
+
+
+def test_frozen_value_prefixes_stay_frozen_across_a_reload():
+    config = tiny_config("prefix", pet={"freeze_values_after_consolidation": True})
+    learner = create_learner(config)
+    x, y = digits_segment((0, 1), 16)
+    learner.learn_many(x, y)
+    learner.consolidate()
+    values = {n: p.detach().clone() for n, p in learner.pet_parameters.items() if n.startswith("value_prefixes")}
+    reloaded = create_learner(config)
+    reloaded.load_state_dict(learner.state_dict())
+    x, y = digits_segment((2, 3), 16)
+    for model in (learner, reloaded):
+        model.learn_many(x, y)
+        for name, value in values.items():
+            assert torch.equal(model.pet_parameters[name], value)
+
+
+def test_bf16_autocast_keeps_state_in_full_precision():
+    learner = create_learner(tiny_config("lora", precision="bf16"))
+    assert learner.autocast_dtype == torch.bfloat16
+    x, y = digits_segment((0, 1), 8)
+    learner.learn_many(x, y)
+    assert all(p.dtype == torch.float64 for p in learner.pet_parameters.values())
+    assert all(s.covariance.dtype == torch.float64 for s in learner.spaces)

@@ -1,0 +1,139 @@
+"""The PEGP property per paradigm and per protected space, on the update the optimizer applied.
+
+The test gathers segment A's features itself, with forward hooks at the places pegp-method.md section 2
+names (not through the learner's own taps), so a basis built from the wrong tensor fails (a).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import digits_segment, tiny_config
+from pegp_stream import create_learner
+from pegp_stream.pet import paradigms
+from pegp_stream.projection import grow_basis, leakage
+
+EPS = 0.97
+STEPS_A, STEPS_B, BATCH = 8, 50, 8
+
+
+class FeatureGatherer:
+    """Forward hooks that rebuild each protected space's features from the frozen model's own modules."""
+
+    def __init__(self, learner):
+        self.learner = learner
+        self.covariance: dict[str, torch.Tensor] = defaultdict(lambda: 0)
+        self.handles = []
+        model = learner.backbone
+        self._hook(model.fc_norm, "head", lambda out: out)
+        for b, block in enumerate(model.blocks):
+            block = block.base_layer if hasattr(block, "prompt") else block
+            self._hook_block(b, block)
+
+    def _hook_block(self, b: int, block) -> None:
+        learner, model = self.learner, self.learner.backbone
+        names = {space.name for space in learner.spaces} or {spec.name for spec in learner.attachment.spaces}
+        if f"prompt.blocks.{b}" in names and b == 0:
+            self._hook(model.norm_pre, "prompt.blocks.0", lambda out: out)
+        if f"prefix.blocks.{b}.query" in names:
+            qkv = block.attn.base_layer.qkv
+            self._hook(qkv, f"prefix.blocks.{b}.query", lambda out: out[..., : out.shape[-1] // 3])
+        if f"adapter.blocks.{b}.mlp.down" in names:
+            adapter = block.mlp
+            self._hook(block.norm2, f"adapter.blocks.{b}.mlp.down", lambda out: out)
+            self._hook(block.norm2, f"adapter.blocks.{b}.mlp.up",
+                       lambda out, a=adapter: F.relu(out @ a.down.weight.T.to(out.dtype)))
+        if f"lora.blocks.{b}.attn.qkv.in" in names:
+            wrapper = block.attn.qkv
+            self._hook(block.norm1, f"lora.blocks.{b}.attn.qkv.in", lambda out: out)
+            for name, pair in wrapper.pairs.items():
+                self._hook(block.norm1, f"lora.blocks.{b}.attn.qkv.{name}.z",
+                           lambda out, p=pair: out @ p.A.T.to(out.dtype))
+
+    def _hook(self, module, space: str, feature_of) -> None:
+        def hook(_module, _inputs, output):
+            if torch.is_grad_enabled():  # training forwards only
+                with torch.no_grad():
+                    features = feature_of(output.detach())
+                rows = features.double().reshape(-1, features.shape[-1])
+                self.covariance[space] = self.covariance[space] + rows.T @ rows
+        self.handles.append(module.register_forward_hook(hook))
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def explained_energy(covariance: torch.Tensor, basis: torch.Tensor) -> float:
+    """Fraction of trace(C) inside the (grouped, block-diagonal) basis."""
+    groups, m, _ = basis.shape
+    inside = total = 0.0
+    for g in range(groups):
+        block = covariance[g * m : (g + 1) * m, g * m : (g + 1) * m]
+        inside += float(torch.trace(basis[g].T @ block @ basis[g]))
+        total += float(torch.trace(block))
+    return inside / total
+
+
+def learn_two_segments(kind: str, optimizer: dict, precision: str, enabled: bool):
+    config = tiny_config(kind, optimizer=optimizer, precision=precision,
+                         projection={"enabled": enabled, "eps": EPS, "eps_bottleneck": EPS})
+    learner = create_learner(config)
+    gatherer = FeatureGatherer(learner)
+    xa, ya = digits_segment((0, 1, 2, 3, 4), STEPS_A * BATCH)
+    for i in range(0, len(ya), BATCH):
+        learner.learn_many(xa[i : i + BATCH], ya[i : i + BATCH])
+    gatherer.remove()
+    prompt_rows = {n: p.detach().clone() for n, p in learner.pet_parameters.items() if n.startswith("prompts.")}
+    learner.consolidate()
+    before = {id(p): p.detach().clone() for p in learner.optimizer.param_groups[0]["params"]}
+    before[id(learner.head.weight)] = learner.head.weight.detach().clone()
+    xb, yb = digits_segment((5, 6, 7, 8, 9), STEPS_B * BATCH)
+    for i in range(0, len(yb), BATCH):
+        learner.learn_many(xb[i : i + BATCH], yb[i : i + BATCH])
+    return learner, gatherer.covariance, before, prompt_rows
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.05}, {"name": "adam", "lr": 0.005}],
+                         ids=["sgd", "adam"])
+@pytest.mark.parametrize("kind", paradigms())
+def test_applied_update_annihilates_old_features(kind, optimizer, precision):
+    learner, covariance, before, prompt_rows = learn_two_segments(kind, optimizer, precision, enabled=True)
+    assert set(covariance) == {space.name for space in learner.spaces}, "test hooks must cover every space"
+    for space in learner.spaces:
+        # (a) the basis explains at least eps of A's energy, measured on features the test gathered itself
+        assert explained_energy(covariance[space.name], space.basis) >= EPS - 1e-6, space.name
+        # (b) the change the optimizer applied has no component in span(M)
+        for param in space.spec.params:
+            delta = param.detach() - before[id(param)]
+            assert delta.norm() > 0, f"{space.name}: tensor did not move"
+            assert leakage(delta, space.basis) < 1e-5, space.name
+    for name, rows in prompt_rows.items():  # prompt: P dP^T = 0 needs P's own rows in the basis
+        space = next(s for s in learner.spaces if s.name == f"prompt.blocks.{name.split('.')[-1]}")
+        assert leakage(rows, space.basis) > 1 - 1e-9
+
+
+@pytest.mark.parametrize("kind", paradigms())
+def test_without_projection_the_same_check_fails(kind):
+    learner, covariance, before, _ = learn_two_segments(kind, {"name": "sgd", "lr": 0.05}, "fp32", enabled=False)
+    assert learner.spaces == []
+    specs = {spec.name: spec for spec in learner.attachment.spaces}
+    worst = 0.0
+    for name, spec in specs.items():
+        groups = spec.groups if kind == "prefix" else 1
+        m = spec.dim // groups
+        bases = [grow_basis(covariance[name][g * m : (g + 1) * m, g * m : (g + 1) * m],
+                            torch.zeros(m, 0, dtype=torch.float64), EPS, "exact") for g in range(groups)]
+        width = max(b.shape[1] for b in bases)
+        basis = torch.zeros(groups, m, width, dtype=torch.float64)
+        for g, b in enumerate(bases):
+            basis[g, :, : b.shape[1]] = b
+        for param in spec.params:
+            worst = max(worst, leakage(param.detach() - before[id(param)], basis))
+    print(f"{kind}: largest leakage without projection {worst:.3f}")
+    assert worst > 0.1
