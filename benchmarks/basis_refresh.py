@@ -26,7 +26,7 @@ import torch
 
 from pegp_stream.projection.basis import grow_basis, subspace_agreement, top_eigenpairs
 
-from .common import interleaved, machine_line, median, paired_ratio, pyplot, report, write_csv
+from .common import interleaved, machine_line, median, paired_ratio, progress, pyplot, report, write_csv
 
 TARGET_SPEEDUP = 5.0
 TARGET_AGREEMENT = 0.99
@@ -67,6 +67,7 @@ def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     rows, sweep = [], []
     for d in dims:
         rows += _compare(d, n, rounds, args)
+        progress(f"d={d}: done")
     sweep = _sweep(max(dims), n, rounds, args)
     header = [f"features: n={n} rows, singular values (i+1)^-{args.decay} on random axes, float64 covariance; "
               f"k = rank selected by eps={args.eps} on the exact spectrum",

@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quick", action="store_true", help="tiny model / sizes: a smoke test in seconds")
         sub.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default per command)")
         sub.add_argument("--seed", type=int, default=0)
-        sub.add_argument("--threads", type=int, default=None,
-                         help="torch intra-op threads (default: torch's own, one per core; quick: 1)")
+        sub.add_argument("--threads", type=int, default=1,
+                         help="torch intra-op threads (default 1, see README: shared cores; 0 = torch's default)")
         if module is not basis_refresh:
             sub.add_argument("--img-size", type=int, default=None, help="backbone img_size (default 224; quick 32)")
             sub.add_argument("--batch", type=int, default=None, help="batch size (default 16; quick 4)")
@@ -54,11 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     module, _ = SUBCOMMANDS[args.command]
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    # One thread for smoke runs: on 2 shared cores, a second OpenMP thread that has to wait for a busy core
-    # turns every tiny kernel into a barrier stall (measured: 4 ms -> 200 ms per tiny-model step).
-    threads = args.threads or (1 if args.quick else None)
-    if threads:
-        torch.set_num_threads(threads)
+    # One thread by default: on 2 shared cores, a second OpenMP thread that waits for a core another process
+    # holds turns kernels into barrier stalls (measured: a tiny-model step went from 4 ms to 200 ms), which
+    # hits the many small projection kernels hardest and makes ratios meaningless.
+    if args.threads:
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     module.run(args, args.out)
     print(f"[{args.command}] done in {time.perf_counter() - start:.1f} s; results in {args.out}")

@@ -13,6 +13,7 @@ import gc
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -155,6 +156,11 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> tu
         return ratios[0], ratios[0], ratios[0]
     q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
     return statistics.median(ratios), q1, q3
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (the tables go to stdout)."""
+    print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
 def machine_line() -> str:

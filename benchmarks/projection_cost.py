@@ -28,6 +28,7 @@ from .common import (
     median,
     model_size,
     paired_ratio,
+    progress,
     pyplot,
     report,
     synthetic_batches,
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     rounds = args.rounds or (2 if args.quick else 8)
     limits = args.token_limits or ([5] if args.quick else [65, 17])
     steps = args.breakdown_steps or (1 if args.quick else 3)
-    segment, batches = synthetic_batches(size, 2, seed=1), synthetic_batches(size, 4, seed=2)
+    segment, batches = synthetic_batches(size, 1, seed=1), synthetic_batches(size, 4, seed=2)
     rows, breakdown, profiles = [], [], []
     for kind in args.paradigms:
         feeds = _prepared_variants(size, kind, limits, args, segment, batches)
@@ -70,8 +71,9 @@ def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
                 breakdown += _component_breakdown(kind, name, feed, steps)
         if args.profile:
             profiles.append(_profile_table(kind, feeds))
+        progress(f"{kind}: done")
     header = [f"model: {size.describe()}, {args.precision}, {args.optimizer}; random-init weights, "
-              "synthetic N(0,1) images; bases grown from one 2-batch segment before timing",
+              "synthetic N(0,1) images; bases grown from a one-batch segment before timing",
               machine_line(),
               f"{rounds} interleaved rounds of one learn_many step per variant; ratios are medians of per-round "
               f"pairs with 'off'; target: overhead <= {TARGET_OVERHEAD_PCT:.0f}% for 'on'"]

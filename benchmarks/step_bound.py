@@ -32,6 +32,7 @@ from .common import (
     median,
     model_size,
     paired_ratio,
+    progress,
     pyplot,
     report,
     synthetic_batches,
@@ -79,13 +80,14 @@ class BackboneFloor:
 def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     size = model_size(args.quick, args.img_size, args.batch)
     rounds = args.rounds or (2 if args.quick else 8)
-    segment, batches = synthetic_batches(size, 2, seed=1), synthetic_batches(size, 4, seed=2)
+    segment, batches = synthetic_batches(size, 1, seed=1), synthetic_batches(size, 4, seed=2)
     steppers: dict[tuple[str, str], Any] = {}
     for precision in args.precisions:
         steppers[precision, "floor"] = BackboneFloor(size, precision, batches, args.seed)
         for kind in args.paradigms:
             config = learner_config(size, kind, precision=precision, seed=args.seed)
             steppers[precision, kind] = LearnerFeed.prepared(config, segment, batches)
+    progress(f"{len(steppers)} variants prepared; timing")
     times = interleaved({f"{p} {v}": s.step for (p, v), s in steppers.items()}, rounds, warmup=1)
     rows = [_row(p, v, s, times, size, rounds) for (p, v), s in steppers.items()]
     header = [f"model: {size.describe()}; random-init weights, synthetic N(0,1) images",

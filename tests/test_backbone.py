@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import timm
+import torch
+from conftest import TINY_BACKBONE, TINY_PET, digits_segment
 from safetensors.torch import save_file
 
-from conftest import TINY_BACKBONE, TINY_PET, digits_segment
 from pegp_stream import CheckpointError, create_learner
 from pegp_stream.backbone import build_backbone
 from pegp_stream.config import BackboneConfig

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import digits_segment, tiny_config
+
 from pegp_stream import create_learner
 
 SEGMENT, BATCH = 400, 16

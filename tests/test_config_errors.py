@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import tiny_config
+
 from pegp_stream import ConfigError, create_learner
 
 

@@ -6,8 +6,8 @@ import io
 
 import pytest
 import torch
-
 from conftest import digits_segment, tiny_config
+
 from pegp_stream import create_learner
 from pegp_stream.backbone import build_backbone
 from pegp_stream.config import BackboneConfig

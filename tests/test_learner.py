@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import digits_segment, tiny_config
+
 from pegp_stream import create_learner
 from pegp_stream.errors import LabelCapacityError
 
@@ -36,15 +36,16 @@ def test_head_grows_in_order_of_arrival_and_new_labels_are_not_predicted_early()
     torch.testing.assert_close(prediction.probs.sum(1), torch.ones(8))
 
 
-def test_prequential_accuracy_is_well_above_chance_on_digits():
-    learner = create_learner(tiny_config("lora"))
+@pytest.mark.parametrize("kind", ["prompt", "prefix", "adapter", "lora"])
+def test_prequential_accuracy_is_well_above_chance_on_digits(kind, digits_backbone):
+    learner = create_learner(tiny_config(kind, backbone={"checkpoint_path": digits_backbone}))
     x, y = digits_segment((0, 1, 2), 360)
     correct = []
     for i in range(0, 360, 12):
         out = learner.learn_many(x[i : i + 12], y[i : i + 12])
         correct += [p == t for p, t in zip(out.predictions, y[i : i + 12], strict=True)]
     late = sum(correct[-120:]) / 120
-    print(f"prequential accuracy over the last 120 of 360 digits (3 classes): {late:.2f}")
+    print(f"{kind}: prequential accuracy over the last 120 of 360 digits (3 classes): {late:.2f}")
     assert late > 0.8
 
 
@@ -111,8 +112,9 @@ def test_segment_train_mask_leaves_old_class_rows_untouched():
     assert learner.head.weight[2:4].abs().sum() > 0
 
 
-def test_nearest_class_mean_head_learns():
-    learner = create_learner(tiny_config("adapter", head={"kind": "ncm"}))
+def test_nearest_class_mean_head_learns(digits_backbone):
+    config = tiny_config("adapter", head={"kind": "ncm"}, backbone={"checkpoint_path": digits_backbone})
+    learner = create_learner(config)
     assert all(space.name != "head" for space in learner.spaces)
     x, y = digits_segment((0, 1), 96)
     for i in range(0, 96, 12):

@@ -11,8 +11,8 @@ from collections import defaultdict
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import digits_segment, tiny_config
+
 from pegp_stream import create_learner
 from pegp_stream.pet import paradigms
 from pegp_stream.projection import grow_basis, leakage

@@ -1,0 +1,76 @@
+"""Drive the learner over a stream read from files (no broker): prequential learning with boundaries at
+segment-marker changes. Used by `pegp-stream replay` and by benchmarks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .config import ReplayConfig
+from .evaluate import PrequentialAccuracy
+from .learner import Learner, create_learner
+from .stream.preprocess import to_model_input
+from .stream.replay import LabelledStream, StreamRecord, build_stream
+
+
+@dataclass
+class ReplaySummary:
+    records: int = 0
+    rejected: int = 0
+    boundaries: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    prequential: PrequentialAccuracy = field(default_factory=PrequentialAccuracy)
+    ranks: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "records": self.records, "rejected": self.rejected, "boundaries": self.boundaries,
+            "seconds": round(self.seconds, 3), "records_per_second": round(self.records / max(self.seconds, 1e-9), 2),
+            "prequential_accuracy": round(self.prequential.cumulative, 4),
+            "segment_accuracy": {s: round(a, 4) for s, a in self.prequential.segment_accuracy().items()},
+            "ranks": self.ranks,
+        }
+
+
+def segment_batches(records: Iterator[StreamRecord], size: int, markers: bool) -> Iterator[list[StreamRecord]]:
+    """Batches of at most `size` records that never straddle a segment-marker change."""
+    batch: list[StreamRecord] = []
+    for record in records:
+        if batch and (len(batch) == size or (markers and record.segment != batch[-1].segment)):
+            yield batch
+            batch = []
+        batch.append(record)
+    if batch:
+        yield batch
+
+
+def replay(
+    config: ReplayConfig,
+    learner: Learner | None = None,
+    stream: LabelledStream | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ReplaySummary:
+    learner = learner or create_learner(config.learner)
+    stream = stream or build_stream(config.stream)
+    spec = learner.input_config
+    summary, start, current, next_log = ReplaySummary(), time.perf_counter(), None, config.log_every
+    for batch in segment_batches(iter(stream), config.batch_size, config.stream.markers):
+        if config.stream.markers and current is not None and batch[0].segment != current:
+            summary.ranks = learner.consolidate()
+            summary.boundaries.append(batch[0].position)
+        current = batch[0].segment
+        images = to_model_input([r.image for r in batch], spec["input_size"], spec["mean"], spec["std"])
+        labels = [r.label for r in batch]
+        out = learner.learn_many(images, labels)
+        summary.prequential.update(out.predictions, labels, segment=current)
+        summary.records += len(batch)
+        summary.rejected += len(out.rejected)
+        if log and summary.records >= next_log:
+            next_log += config.log_every
+            log(f"records {summary.records}/{len(stream)} segment {current} "
+                f"prequential {summary.prequential.cumulative:.3f} (window {summary.prequential.windowed:.3f}) "
+                f"loss {out.loss:.3f} {summary.records / (time.perf_counter() - start):.1f} rec/s")
+    summary.seconds = time.perf_counter() - start
+    summary.ranks = summary.ranks or learner.ranks
+    return summary
