@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.layers import Attention
 
 from pegp_stream import Learner, create_learner
 
 PARADIGMS = ("prompt", "prefix", "adapter", "lora")
 CLASSES = 10
+ATTENTION = ("sdpa", "eager")  # timm's fused F.scaled_dot_product_attention (its default) / explicit q k^T softmax v
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,16 @@ def learner_config(
     }
 
 
+def set_attention(model: torch.nn.Module, mode: str) -> None:
+    """Switch every timm Attention inside `model` to fused SDPA or eager attention (a timm attribute; the
+    prefix wrapper follows its base layer's setting). Benchmarks only: pegp_stream has no such option."""
+    if mode not in ATTENTION:
+        raise ValueError(f"attention mode {mode!r}; valid: {', '.join(ATTENTION)}")
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fused_attn = mode == "sdpa"
+
+
 @dataclass
 class LearnerFeed:
     """A learner that has learned one segment and consolidated (so its bases are non-empty), then steps
@@ -109,8 +121,11 @@ class LearnerFeed:
     ranks: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def prepared(cls, config: Mapping[str, Any], segment: Sequence, batches: Sequence) -> LearnerFeed:
+    def prepared(
+        cls, config: Mapping[str, Any], segment: Sequence, batches: Sequence, attention: str = "sdpa"
+    ) -> LearnerFeed:
         learner = create_learner(config)
+        set_attention(learner.backbone, attention)
         feed = cls(learner, batches)
         for images, labels in segment:
             feed.rejected += len(learner.learn_many(images, labels).rejected)
@@ -197,9 +212,7 @@ def _cell(value: Any) -> str:
         magnitude = abs(value)
         if magnitude >= 100:
             return f"{value:.1f}"
-        if magnitude >= 1 or magnitude == 0:
-            return f"{value:.3f}"
-        return f"{value:.4f}"
+        return f"{value:.2f}" if magnitude >= 10 else f"{value:.4f}"
     return str(value)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from pegp_stream import Learner
 
 from .common import (
+    ATTENTION,
     LearnerFeed,
     interleaved,
     learner_config,
@@ -37,7 +38,7 @@ from .common import (
 
 TARGET_OVERHEAD_PCT = 3.0
 COLUMNS = [
-    "paradigm", "variant", "max_tokens_per_sample", "precision", "optimizer", "model", "batch", "rounds",
+    "paradigm", "variant", "max_tokens_per_sample", "precision", "attention", "optimizer", "model", "batch", "rounds",
     "step_ms", "samples_per_s", "throughput_ratio", "overhead_pct", "overhead_q1_pct", "overhead_q3_pct",
     "total_rank", "rejected_rows",
 ]
@@ -48,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-limits", type=_int_list, default=None,
                         help="max_tokens_per_sample values timed as extra variants (default 65,17; quick: 5)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--attention", choices=ATTENTION, default="sdpa",
+                        help="timm attention: sdpa (its default, fused) or eager (faster in bf16 on CPU)")
     parser.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
                         help="adam also projects the applied update (ProjectAppliedUpdate)")
     parser.add_argument("--breakdown-steps", type=int, default=None, help="instrumented steps per variant")
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
         if args.profile:
             profiles.append(_profile_table(kind, feeds))
         progress(f"{kind}: done")
-    header = [f"model: {size.describe()}, {args.precision}, {args.optimizer}; random-init weights, "
+    header = [f"model: {size.describe()}, {args.precision}, {args.attention} attention, {args.optimizer}; "
+              "random-init weights, "
               "synthetic N(0,1) images; bases grown from a one-batch segment before timing",
               machine_line(),
               f"{rounds} interleaved rounds of one learn_many step per variant; ratios are medians of per-round "
@@ -102,7 +106,7 @@ def _prepared_variants(
     for name, (enabled, limit) in variants.items():
         config = learner_config(size, kind, projection=enabled, max_tokens=limit, precision=args.precision,
                                 optimizer=args.optimizer, seed=args.seed)
-        feeds[name] = (limit, LearnerFeed.prepared(config, segment, batches))
+        feeds[name] = (limit, LearnerFeed.prepared(config, segment, batches, attention=args.attention))
     return feeds
 
 
@@ -111,7 +115,8 @@ def _summary_row(kind, name, limit, feed, times, off_times, size, rounds, args) 
     step = median(times)
     return {
         "paradigm": kind, "variant": name, "max_tokens_per_sample": limit, "precision": args.precision,
-        "optimizer": args.optimizer, "model": size.describe(), "batch": size.batch, "rounds": rounds,
+        "attention": args.attention, "optimizer": args.optimizer, "model": size.describe(), "batch": size.batch,
+        "rounds": rounds,
         "step_ms": step * 1e3, "samples_per_s": size.batch / step, "throughput_ratio": 1.0 / ratio,
         "overhead_pct": (ratio - 1.0) * 100, "overhead_q1_pct": (q1 - 1.0) * 100,
         "overhead_q3_pct": (q3 - 1.0) * 100, "total_rank": feed.total_rank, "rejected_rows": feed.rejected,

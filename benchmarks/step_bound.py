@@ -6,7 +6,11 @@ the pooled feature through a fixed random linear map, .backward(); no parameter 
 forward under torch.autocast("cpu", dtype=torch.bfloat16), as the learner does.
 
 The learners are the shipped defaults (projection on, SGD) with non-empty bases (one segment learned and
-consolidated first). Every floor and learner, in both precisions, takes one step per round, interleaved.
+consolidated first). Every floor and learner, in every mode, takes one step per round, interleaved.
+
+A mode is a precision plus timm's attention implementation: `sdpa` (timm's default, the fused
+F.scaled_dot_product_attention) or `eager` (q k^T, softmax, @ v as plain matmuls). On CPU, SDPA's bf16
+backward is slow, so bf16 is timed both ways; each mode's floor uses the same attention as its learners.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pegp_stream.backbone import build_backbone
 from pegp_stream.config import BackboneConfig
 
 from .common import (
+    ATTENTION,
     CLASSES,
     LearnerFeed,
     ModelSize,
@@ -35,30 +40,34 @@ from .common import (
     progress,
     pyplot,
     report,
+    set_attention,
     synthetic_batches,
     write_csv,
 )
 
 TARGET_RATIO = 0.85
 TARGET_BF16_SPEEDUP = 1.6
-PRECISIONS = ("fp32", "bf16")
-COLUMNS = ["precision", "variant", "model", "batch", "rounds", "step_ms", "samples_per_s", "ratio_to_floor",
-           "ratio_q1", "ratio_q3", "bf16_speedup", "bf16_speedup_q1", "bf16_speedup_q3", "ratio_target_met",
+MODES = ("fp32/sdpa", "bf16/sdpa", "bf16/eager")
+REFERENCE_MODE = "fp32/sdpa"
+COLUMNS = ["mode", "precision", "attention", "variant", "model", "batch", "rounds", "step_ms", "samples_per_s",
+           "ratio_to_floor", "ratio_q1", "ratio_q3", "speedup_vs_fp32", "speedup_q1", "speedup_q3", "ratio_target_met",
            "bf16_target_met", "rejected_rows"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--precisions", type=lambda t: [p for p in t.split(",") if p], default=list(PRECISIONS),
-                        help="comma-separated subset of fp32,bf16")
+    parser.add_argument("--modes", type=_modes, default=list(MODES),
+                        help="comma-separated precision/attention pairs (default: %(default)s); "
+                        f"speedups are against {REFERENCE_MODE}")
 
 
 class BackboneFloor:
     """The bare frozen backbone's forward plus input-gradient backward on a batch."""
 
-    def __init__(self, size: ModelSize, precision: str, batches: list, seed: int) -> None:
+    def __init__(self, size: ModelSize, precision: str, attention: str, batches: list, seed: int) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.model = build_backbone(BackboneConfig.model_validate(size.backbone))
+        set_attention(self.model, attention)
         generator = torch.Generator().manual_seed(seed)
         self.classifier = torch.randn(CLASSES, self.model.num_features, generator=generator) * 0.02
         self.bf16 = precision == "bf16"
@@ -82,41 +91,55 @@ def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     rounds = args.rounds or (2 if args.quick else 8)
     segment, batches = synthetic_batches(size, 1, seed=1), synthetic_batches(size, 4, seed=2)
     steppers: dict[tuple[str, str], Any] = {}
-    for precision in args.precisions:
-        steppers[precision, "floor"] = BackboneFloor(size, precision, batches, args.seed)
+    for mode in args.modes:
+        precision, attention = mode.split("/")
+        steppers[mode, "floor"] = BackboneFloor(size, precision, attention, batches, args.seed)
         for kind in args.paradigms:
             config = learner_config(size, kind, precision=precision, seed=args.seed)
-            steppers[precision, kind] = LearnerFeed.prepared(config, segment, batches)
+            steppers[mode, kind] = LearnerFeed.prepared(config, segment, batches, attention=attention)
     progress(f"{len(steppers)} variants prepared; timing")
-    times = interleaved({f"{p} {v}": s.step for (p, v), s in steppers.items()}, rounds, warmup=1)
-    rows = [_row(p, v, s, times, size, rounds) for (p, v), s in steppers.items()]
+    times = interleaved({f"{m} {v}": s.step for (m, v), s in steppers.items()}, rounds, warmup=1)
+    rows = [_row(m, v, s, times, size, rounds) for (m, v), s in steppers.items()]
     header = [f"model: {size.describe()}; random-init weights, synthetic N(0,1) images",
-              "floor = bare frozen backbone forward + input-gradient backward (no PET, no parameter grads); "
-              "learners: projection on, SGD, bases non-empty",
+              "floor = bare frozen backbone forward + input-gradient backward (no PET, no parameter grads), same "
+              "precision and attention as the mode's learners; learners: projection on, SGD, bases non-empty",
+              "attention: sdpa = timm default (fused F.scaled_dot_product_attention), eager = explicit matmuls",
               machine_line(),
               f"{rounds} interleaved rounds; ratios are medians of per-round pairs; targets: learn/floor >= "
-              f"{TARGET_RATIO}, bf16 learn >= {TARGET_BF16_SPEEDUP}x fp32 learn"]
-    shown = ["precision", "variant", "step_ms", "samples_per_s", "ratio_to_floor", "ratio_q1", "ratio_q3",
-             "ratio_target_met", "bf16_speedup", "bf16_target_met"]
+              f"{TARGET_RATIO}, bf16 learn >= {TARGET_BF16_SPEEDUP}x the {REFERENCE_MODE} learn"]
+    shown = ["mode", "variant", "step_ms", "samples_per_s", "ratio_to_floor", "ratio_q1", "ratio_q3",
+             "ratio_target_met", "speedup_vs_fp32", "bf16_target_met"]
     print(report("step-bound: learn throughput over the frozen-backbone floor", header, rows, shown))
     write_csv(out / "step_bound.csv", rows, COLUMNS)
     _plot(rows, out / "step_bound.png", size.describe())
     return rows
 
 
-def _row(precision: str, variant: str, stepper: Any, times: dict, size: ModelSize, rounds: int) -> dict[str, Any]:
-    mine, floor = times[f"{precision} {variant}"], times[f"{precision} floor"]
+def _row(mode: str, variant: str, stepper: Any, times: dict, size: ModelSize, rounds: int) -> dict[str, Any]:
+    mine, floor = times[f"{mode} {variant}"], times[f"{mode} floor"]
     ratio, q1, q3 = paired_ratio(floor, mine)  # floor time / learn time = learn throughput / floor throughput
-    row = {"precision": precision, "variant": variant, "model": size.describe(), "batch": size.batch,
-           "rounds": rounds, "step_ms": median(mine) * 1e3, "samples_per_s": size.batch / median(mine),
-           "ratio_to_floor": ratio, "ratio_q1": q1, "ratio_q3": q3, "rejected_rows": stepper.rejected,
+    precision, attention = mode.split("/")
+    row = {"mode": mode, "precision": precision, "attention": attention, "variant": variant,
+           "model": size.describe(), "batch": size.batch, "rounds": rounds, "step_ms": median(mine) * 1e3,
+           "samples_per_s": size.batch / median(mine), "ratio_to_floor": ratio, "ratio_q1": q1, "ratio_q3": q3,
+           "rejected_rows": stepper.rejected,
            "ratio_target_met": "-" if variant == "floor" else _yes(ratio >= TARGET_RATIO)}
-    fp32 = times.get(f"fp32 {variant}")
-    if precision == "bf16" and fp32 is not None:
-        speedup, s1, s3 = paired_ratio(fp32, mine)
-        row.update(bf16_speedup=speedup, bf16_speedup_q1=s1, bf16_speedup_q3=s3,
-                   bf16_target_met="-" if variant == "floor" else _yes(speedup >= TARGET_BF16_SPEEDUP))
+    reference = times.get(f"{REFERENCE_MODE} {variant}")
+    if mode != REFERENCE_MODE and reference is not None:
+        speedup, s1, s3 = paired_ratio(reference, mine)
+        row.update(speedup_vs_fp32=speedup, speedup_q1=s1, speedup_q3=s3)
+        if precision == "bf16" and variant != "floor":
+            row["bf16_target_met"] = _yes(speedup >= TARGET_BF16_SPEEDUP)
     return row
+
+
+def _modes(text: str) -> list[str]:
+    modes = [part.strip() for part in text.split(",") if part.strip()]
+    for mode in modes:
+        precision, _, attention = mode.partition("/")
+        if precision not in ("fp32", "bf16") or attention not in ATTENTION:
+            raise argparse.ArgumentTypeError(f"mode {mode!r}: expected fp32|bf16 / {'|'.join(ATTENTION)}")
+    return modes
 
 
 def _yes(flag: bool) -> str:
@@ -127,23 +150,33 @@ def _plot(rows: list[dict[str, Any]], path: Path, model: str) -> None:
     plt = pyplot()
     if plt is None:
         return
-    precisions = list(dict.fromkeys(row["precision"] for row in rows))
+    modes = list(dict.fromkeys(row["mode"] for row in rows))
     kinds = [v for v in dict.fromkeys(row["variant"] for row in rows) if v != "floor"]
-    by_key = {(row["precision"], row["variant"]): row for row in rows}
-    width = 0.8 / len(precisions)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, precision in enumerate(precisions):
-        xs = [j + (i - (len(precisions) - 1) / 2) * width for j in range(len(kinds))]
-        values = [by_key[precision, k]["ratio_to_floor"] for k in kinds]
-        low = [v - by_key[precision, k]["ratio_q1"] for k, v in zip(kinds, values, strict=True)]
-        high = [by_key[precision, k]["ratio_q3"] - v for k, v in zip(kinds, values, strict=True)]
-        ax.bar(xs, values, width, yerr=[low, high], capsize=3, label=precision)
-    ax.axhline(TARGET_RATIO, color="red", linestyle="--", label=f"target {TARGET_RATIO}")
-    ax.set_xticks(range(len(kinds)), kinds)
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("learn throughput / floor throughput (median, IQR)")
-    ax.set_title(f"learn step vs frozen-backbone floor\n{model}", fontsize=9)
-    ax.legend(fontsize=8)
+    by_key = {(row["mode"], row["variant"]): row for row in rows}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    _bars(left, modes, kinds, by_key, "ratio_to_floor", "ratio_q1", "ratio_q3")
+    left.axhline(TARGET_RATIO, color="red", linestyle="--", label=f"target {TARGET_RATIO}")
+    left.set_ylim(0, 1.1)
+    left.set_ylabel("learn throughput / floor throughput (median, IQR)")
+    left.legend(fontsize=8)
+    faster = [m for m in modes if m != REFERENCE_MODE]
+    _bars(right, faster, ["floor", *kinds], by_key, "speedup_vs_fp32", "speedup_q1", "speedup_q3")
+    right.axhline(TARGET_BF16_SPEEDUP, color="red", linestyle="--", label=f"target {TARGET_BF16_SPEEDUP}x")
+    right.set_ylabel(f"throughput / {REFERENCE_MODE} throughput (median, IQR)")
+    right.legend(fontsize=8)
+    fig.suptitle(f"learn step vs frozen-backbone floor; {model}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _bars(ax: Any, modes: list[str], kinds: list[str], by_key: dict, key: str, low_key: str, high_key: str) -> None:
+    width = 0.8 / max(len(modes), 1)
+    for i, mode in enumerate(modes):
+        present = [k for k in kinds if by_key.get((mode, k), {}).get(key) is not None]
+        xs = [kinds.index(k) + (i - (len(modes) - 1) / 2) * width for k in present]
+        values = [by_key[mode, k][key] for k in present]
+        low = [v - by_key[mode, k][low_key] for k, v in zip(present, values, strict=True)]
+        high = [by_key[mode, k][high_key] - v for k, v in zip(present, values, strict=True)]
+        ax.bar(xs, values, width, yerr=[low, high], capsize=3, label=mode)
+    ax.set_xticks(range(len(kinds)), kinds)

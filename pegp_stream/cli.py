@@ -50,6 +50,31 @@ def replay(config_path: str | None, overrides: tuple[str, ...], out: str | None)
 
 
 @main.command()
+@click.option("--limit-per-class", default=300, show_default=True, help="samples per class in the stream")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a replay config key")
+def demo(limit_per_class: int, overrides: tuple[str, ...]) -> None:
+    """The embedded default: pretrain (once) a tiny ViT on digits, then learn Split-MNIST with PEGP."""
+    from .config import ReplayConfig, load
+    from .demo import DEMO_BACKBONE, demo_backbone, demo_stream_datasets
+    from .replay_run import replay as run_replay
+
+    defaults = [
+        *(f"learner.backbone.{k}={v}" for k, v in DEMO_BACKBONE.items()),
+        f"learner.backbone.checkpoint_path={demo_backbone(log=log.info)}",
+        "learner.pet.kind=adapter",
+        f"stream.datasets=[{','.join(demo_stream_datasets())}]",
+        f"stream.limit_per_class={limit_per_class}",
+        "log_every=500",
+    ]
+    try:
+        config = load(ReplayConfig, None, None, [*defaults, *overrides])
+        summary = run_replay(config, log=log.info).as_dict()
+    except PegpError as exc:
+        _fail(exc)
+    click.echo(json.dumps(summary, indent=2))
+
+
+@main.command()
 @click.option("--dataset", default="cifar10", show_default=True, help="data set to pretrain on")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="folder with the data files")
 @click.option("--model", "model_name", default="vit_tiny_patch16_224", show_default=True, help="timm model name")

@@ -1,0 +1,51 @@
+"""The embedded default: a small pretrained backbone and a real stream, with no setup beyond the venv.
+
+No pretrained ViT can be downloaded on offline machines, so the demo pretrains a tiny ViT on
+scikit-learn's bundled digits once (about 15 s on 2 cores) and caches it; the stream it then learns is
+a different, real data set (Split-MNIST from the shared data folder, or digits if that is absent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .config import BackboneConfig
+from .datasets import default_cache_dir, load_dataset
+from .pretrain import pretrain, save_backbone
+from .stream.preprocess import to_model_input
+
+DEMO_BACKBONE = {
+    "name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4,
+}
+DEMO_PRETRAIN = {"epochs": 15, "batch_size": 64, "lr": 3e-3, "augment": False, "seed": 0}
+
+
+def demo_backbone(cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Path of the demo backbone, pretraining it on digits first if it is not cached yet."""
+    key = hashlib.sha256(json.dumps([DEMO_BACKBONE, DEMO_PRETRAIN], sort_keys=True).encode()).hexdigest()[:16]
+    path = (cache_dir or default_cache_dir()) / "backbones" / f"vit-tiny-digits-{key}.safetensors"
+    if path.is_file():
+        return path
+    if log:
+        log(f"pretraining the demo backbone on digits (cached at {path})")
+    train = load_dataset("digits", split="train")
+    images = to_model_input(train.images, (3, 32, 32), (0.5,) * 3, (0.5,) * 3)
+    labels = torch.as_tensor(train.labels, dtype=torch.int64)
+    model, report = pretrain(BackboneConfig(**DEMO_BACKBONE), images, labels, log=log, **DEMO_PRETRAIN)
+    if log:
+        log(f"demo backbone ready: {report.steps} steps in {report.seconds:.0f} s")
+    return save_backbone(model, path)
+
+
+def demo_stream_datasets() -> tuple[str, ...]:
+    """Split-MNIST where the shared data is reachable, else digits (bundled with scikit-learn)."""
+    try:
+        load_dataset("mnist", split="test")
+    except Exception:  # any failure to find or read MNIST falls back to the bundled digits
+        return ("digits",)
+    return ("mnist",)
