@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
               f"k = rank selected by eps={args.eps} on the exact spectrum",
               f"randomized = top_eigenpairs(C, k, 'randomized', oversample={args.oversample}, "
               f"power_iters={args.power_iters}) (torch.svd_lowrank)",
-              machine_line(),
+              machine_line(args),
               f"{rounds} interleaved rounds; times are medians, speedups medians of per-round pairs; target: "
               f"randomized >= {TARGET_SPEEDUP:.0f}x faster than svd of F at d={max(dims)}, "
               f"agreement >= {TARGET_AGREEMENT}"]
@@ -127,7 +127,7 @@ def _compare(d: int, n: int, rounds: int, args: argparse.Namespace) -> list[dict
     times = interleaved(methods, rounds, warmup=1)
     randomized = "svd_lowrank" if 2 * (k + args.oversample) < d else "eigh (fallback)"  # top_eigenpairs' rule
     solvers = {"randomized": randomized, "eigh": "eigh", "svd f32": "svd", "svd f64": "svd",
-               "grow_basis randomized": "svd_lowrank, doubling", "grow_basis exact": "eigh, doubling",
+               "grow_basis randomized": "svd_lowrank x requests", "grow_basis exact": "eigh x requests",
                "covariance F^T F": "matmul"}
     rows = []
     for name, seconds in times.items():

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import basis_refresh, projection_cost, step_bound
-from .common import PARADIGMS
+from .common import PARADIGMS, load_average
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 SUBCOMMANDS = {
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quick", action="store_true", help="tiny model / sizes: a smoke test in seconds")
         sub.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default per command)")
         sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--flush-denormal", action="store_true",
+                         help="torch.set_flush_denormal(True) for the run (denormal floats slow x86 FMAs badly)")
         sub.add_argument("--threads", type=int, default=1,
                          help="torch intra-op threads (default 1, see README: shared cores; 0 = torch's default)")
         if module is not basis_refresh:
@@ -53,14 +55,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module, _ = SUBCOMMANDS[args.command]
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
+    threads = torch.get_num_threads()
+    # Global torch state is set for the run and restored afterwards (the smoke tests call main in-process).
     # One thread by default: on 2 shared cores, a second OpenMP thread that waits for a core another process
     # holds turns kernels into barrier stalls (measured: a tiny-model step went from 4 ms to 200 ms), which
     # hits the many small projection kernels hardest and makes ratios meaningless.
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    module.run(args, args.out)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(args.seed)
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            torch.set_flush_denormal(args.flush_denormal)
+            args.load_at_start = load_average()
+            start = time.perf_counter()
+            module.run(args, args.out)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(False)  # torch's default; it has no getter to restore from
     print(f"[{args.command}] done in {time.perf_counter() - start:.1f} s; results in {args.out}")
     return 0
 

@@ -178,18 +178,24 @@ def progress(message: str) -> None:
     print(f"  .. {message}", file=sys.stderr, flush=True)
 
 
-def machine_line() -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+def load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def machine_line(args: Any) -> str:
+    """Where and how the numbers were taken; `args.load_at_start` is set by the CLI before the run."""
     return (f"machine: {os.cpu_count()} CPU cores (shared), torch {torch.__version__} with "
             f"{torch.get_num_threads()} threads, {platform.python_implementation()} {platform.python_version()}, "
-            f"load average {load:.2f} at start")
+            f"flush-denormal {'on' if args.flush_denormal else 'off'}, load average "
+            f"{getattr(args, 'load_at_start', float('nan')):.2f} at start, {load_average():.2f} at end")
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     """Plain-text table, right-aligned numbers, left-aligned text."""
     cells = [[_cell(row.get(col)) for col in columns] for row in rows]
     widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
-    numeric = [all(_is_number(row.get(col)) for row in rows) for col in columns]
+    numeric = [all(_is_number(row.get(col)) or row.get(col) is None for row in rows)
+               and any(_is_number(row.get(col)) for row in rows) for col in columns]
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]

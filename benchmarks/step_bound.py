@@ -104,7 +104,7 @@ def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
               "floor = bare frozen backbone forward + input-gradient backward (no PET, no parameter grads), same "
               "precision and attention as the mode's learners; learners: projection on, SGD, bases non-empty",
               "attention: sdpa = timm default (fused F.scaled_dot_product_attention), eager = explicit matmuls",
-              machine_line(),
+              machine_line(args),
               f"{rounds} interleaved rounds; ratios are medians of per-round pairs; targets: learn/floor >= "
               f"{TARGET_RATIO}, bf16 learn >= {TARGET_BF16_SPEEDUP}x the {REFERENCE_MODE} learn"]
     shown = ["mode", "variant", "step_ms", "samples_per_s", "ratio_to_floor", "ratio_q1", "ratio_q3",
@@ -154,13 +154,14 @@ def _plot(rows: list[dict[str, Any]], path: Path, model: str) -> None:
     kinds = [v for v in dict.fromkeys(row["variant"] for row in rows) if v != "floor"]
     by_key = {(row["mode"], row["variant"]): row for row in rows}
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    _bars(left, modes, kinds, by_key, "ratio_to_floor", "ratio_q1", "ratio_q3")
+    colors = {mode: f"C{i}" for i, mode in enumerate(modes)}
+    _bars(left, modes, kinds, by_key, "ratio_to_floor", "ratio_q1", "ratio_q3", colors)
     left.axhline(TARGET_RATIO, color="red", linestyle="--", label=f"target {TARGET_RATIO}")
     left.set_ylim(0, 1.1)
     left.set_ylabel("learn throughput / floor throughput (median, IQR)")
     left.legend(fontsize=8)
     faster = [m for m in modes if m != REFERENCE_MODE]
-    _bars(right, faster, ["floor", *kinds], by_key, "speedup_vs_fp32", "speedup_q1", "speedup_q3")
+    _bars(right, faster, ["floor", *kinds], by_key, "speedup_vs_fp32", "speedup_q1", "speedup_q3", colors)
     right.axhline(TARGET_BF16_SPEEDUP, color="red", linestyle="--", label=f"target {TARGET_BF16_SPEEDUP}x")
     right.set_ylabel(f"throughput / {REFERENCE_MODE} throughput (median, IQR)")
     right.legend(fontsize=8)
@@ -170,7 +171,10 @@ def _plot(rows: list[dict[str, Any]], path: Path, model: str) -> None:
     plt.close(fig)
 
 
-def _bars(ax: Any, modes: list[str], kinds: list[str], by_key: dict, key: str, low_key: str, high_key: str) -> None:
+def _bars(
+    ax: Any, modes: list[str], kinds: list[str], by_key: dict, key: str, low_key: str, high_key: str,
+    colors: dict[str, str],
+) -> None:
     width = 0.8 / max(len(modes), 1)
     for i, mode in enumerate(modes):
         present = [k for k in kinds if by_key.get((mode, k), {}).get(key) is not None]
@@ -178,5 +182,5 @@ def _bars(ax: Any, modes: list[str], kinds: list[str], by_key: dict, key: str, l
         values = [by_key[mode, k][key] for k in present]
         low = [v - by_key[mode, k][low_key] for k, v in zip(present, values, strict=True)]
         high = [by_key[mode, k][high_key] - v for k, v in zip(present, values, strict=True)]
-        ax.bar(xs, values, width, yerr=[low, high], capsize=3, label=mode)
+        ax.bar(xs, values, width, yerr=[low, high], capsize=3, label=mode, color=colors[mode])
     ax.set_xticks(range(len(kinds)), kinds)

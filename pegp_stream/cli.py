@@ -24,9 +24,108 @@ def _fail(exc: Exception) -> None:
 @click.group()
 @click.version_option(__version__)
 @click.option("--log-level", default="INFO", show_default=True, help="logging level")
-def main(log_level: str) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="default: the config's")
+@click.pass_context
+def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     """pegp-stream: online continual learning with PEGP-projected parameter-efficient tuning."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logs import configure
+
+    configure(log_level, log_format or "text")
+    ctx.obj = {"log_level": log_level, "log_format": log_format}
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config file")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
+@click.pass_context
+def run(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Run the learner daemon: Kafka in, checkpoints with offsets, boundaries, dead letters."""
+    from .config import DaemonConfig, load
+    from .logs import configure
+
+    try:
+        config = load(DaemonConfig, config_path, os.environ, overrides)
+    except PegpError as exc:
+        _fail(exc)
+    if ctx.obj["log_format"] is None:
+        configure(ctx.obj["log_level"], config.log_format)
+    sys.exit(_run_daemon(config))
+
+
+def _run_daemon(config) -> int:
+    import signal
+
+    from .daemon import Daemon
+
+    try:
+        daemon = Daemon(config)
+    except PegpError as exc:
+        _fail(exc)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: daemon.request_stop())
+    log.info("learner daemon on topic %s at %s", config.kafka.topic, config.kafka.bootstrap_servers)
+    return daemon.run()
+
+
+@main.command()
+@click.option("--port", default=9092, show_default=True, help="port on 127.0.0.1")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def broker(port: int, host: str) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu, memory storage) until stopped."""
+    import signal
+
+    from .stream.broker import EmbeddedBroker
+
+    try:
+        embedded = EmbeddedBroker(port=port, host=host).start()
+    except PegpError as exc:
+        _fail(exc)
+    click.echo(f"broker listening on {embedded.bootstrap_servers}")
+    signal.signal(signal.SIGTERM, lambda *_: embedded.stop())
+    try:
+        sys.exit(embedded.process.wait())
+    except KeyboardInterrupt:
+        embedded.stop()
+
+
+@main.command()
+@click.option("--dataset", "datasets", multiple=True, required=True, help="data set(s), streamed in order")
+@click.option("--topic", required=True)
+@click.option("--bootstrap-servers", default="127.0.0.1:9092", show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), help="folder with the data files")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--partitions", default=1, show_default=True, help="partitions of the topic if it is created")
+@click.option("--classes-per-segment", default=2, show_default=True)
+@click.option("--shuffle-classes", is_flag=True, help="seeded shuffle of the class order")
+@click.option("--markers/--no-markers", default=True, show_default=True, help="send segment markers")
+@click.option("--blurry", default=0.0, show_default=True, help="fraction of each segment mixed with neighbours")
+@click.option("--limit-per-class", type=int, help="cap on samples per class")
+@click.option("--format", "fmt", type=click.Choice(["json", "binary"]), default="json", show_default=True)
+@click.option("--image-format", type=click.Choice(["png", "jpeg", "raw"]), default="png", show_default=True)
+@click.option("--rate", type=float, help="records per second (default: as fast as possible)")
+@click.option("--repeat", default=1, show_default=True, help="send the stream this many times")
+@click.option("--seed", default=0, show_default=True)
+def produce(datasets, topic, bootstrap_servers, data_dir, split, partitions, classes_per_segment, shuffle_classes,
+            markers, blurry, limit_per_class, fmt, image_format, rate, repeat, seed) -> None:
+    """Feed a real labelled stream, split by classes into segments, into a Kafka topic."""
+    from .config import StreamConfig, to_config
+    from .stream.produce import ProduceOptions
+    from .stream.produce import produce as send
+    from .stream.replay import build_stream
+
+    try:
+        stream_config = to_config(StreamConfig, {
+            "datasets": datasets, "data_dir": data_dir, "split": split, "classes_per_segment": classes_per_segment,
+            "shuffle_classes": shuffle_classes, "blurry": blurry, "limit_per_class": limit_per_class,
+            "markers": markers, "seed": seed,
+        })
+        stream = build_stream(stream_config)
+    except PegpError as exc:
+        _fail(exc)
+    options = ProduceOptions(topic=topic, bootstrap_servers=bootstrap_servers, partitions=partitions,
+                             markers=markers, fmt=fmt, image_format=image_format, rate=rate, repeat=repeat)
+    sent = send(stream, options, progress=lambda n: log.info("sent %d records", n))
+    click.echo(json.dumps({"topic": topic, "records": sent, "segments": len({i.segment for i in stream.items})}))
 
 
 @main.command()
@@ -123,3 +222,7 @@ def pretrain(dataset, data_dir, model_name, overrides, epochs, batch_size, lr, a
             "normalisation": {"mean": [0.5] * 3, "std": [0.5] * 3}, "torch": torch.__version__}
     path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     click.echo(json.dumps(meta, indent=2))
+
+
+if __name__ == "__main__":
+    main()

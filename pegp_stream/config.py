@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -34,6 +34,10 @@ class BackboneConfig(BaseModel):
     pretrained: bool = Field(False, description="load hub weights via timm (needs a reachable hub)")
     checkpoint_path: str | None = Field(
         None, description="local safetensors file or torch state dict of the timm model (head optional)"
+    )
+    attention: Literal["auto", "fused", "eager"] = Field(
+        "auto", description="attention kernel: fused (scaled_dot_product_attention) or eager; auto = eager under "
+        "bf16 autocast on CPU, where the fused backward is slower than fp32, else fused",
     )
 
     @property
@@ -125,7 +129,7 @@ class ProjectionConfig(_Frozen):
         None, ge=1, description="token subsampling for covariances: CLS plus random others; None = all"
     )
     svd: Literal["randomized", "exact"] = Field("randomized", description="eigensolver for basis growth")
-    oversample: int = Field(10, ge=0, description="extra columns for the randomized SVD")
+    oversample: int = Field(20, ge=0, description="extra columns for the randomized SVD (20: agreement >= 0.99)")
     power_iters: int = Field(2, ge=0, description="power iterations of the randomized SVD")
     prefix_per_head: bool = Field(
         True, description="prefix keys: one basis per attention head (keeps each head's logits exactly)"
@@ -288,3 +292,82 @@ def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+class KafkaConfig(_Frozen):
+    """Where the labelled samples come from and where bad records go. Security settings pass through to
+    kafka-python unchanged; secrets are masked when the config is printed."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="comma-separated host:port list")
+    topic: str = Field("pegp-samples", min_length=1, description="input topic of labelled samples")
+    dead_letter_topic: str | None = Field(None, description="bad records go here (default: <topic>.dlq)")
+    dead_letter_max_bytes: Positive = Field(
+        1_000_000, description="dead letters carry the original value up to this size (else headers only)"
+    )
+    client_id: str = "pegp-stream"
+    group_id: str = Field(
+        "pegp-stream-learner", description="consumer group offsets are committed under (for lag tooling only; "
+        "the learner assigns partitions itself and never joins the group)",
+    )
+    batch_size: Positive = Field(16, description="records per learning step")
+    max_wait_ms: int = Field(200, ge=0, description="wait at most this long to fill a batch once caught up")
+    lag_interval_s: float = Field(5.0, gt=0, description="how often end offsets are fetched for lag")
+    retry_initial_s: float = Field(0.5, gt=0, description="first backoff when the broker is unreachable")
+    retry_max_s: float = Field(10.0, gt=0, description="longest backoff when the broker is unreachable")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_password: SecretStr | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: SecretStr | None = None
+
+    @property
+    def dead_letters(self) -> str:
+        return self.dead_letter_topic or f"{self.topic}.dlq"
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection and security keyword arguments shared by consumer and producer."""
+        options: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers.split(","),
+                                   "client_id": self.client_id, "security_protocol": self.security_protocol}
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_mechanism", "sasl_plain_username"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        for name in ("ssl_password", "sasl_plain_password"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name).get_secret_value()
+        return options
+
+
+class CheckpointConfig(_Frozen):
+    dir: str = Field("checkpoints", description="directory of checkpoint files")
+    every_records: Positive = Field(1000, description="checkpoint after at least this many records")
+    every_seconds: float | None = Field(60.0, gt=0, description="and at least this often while records flow")
+    keep: Positive = Field(3, description="checkpoints kept (older ones are deleted)")
+
+
+class HttpConfig(_Frozen):
+    enabled: bool = Field(True, description="serve predictions and metrics")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+
+
+# Areas whose models live beside their code (imported last: those modules do not import this one).
+from .drift import DriftConfig  # noqa: E402
+from .stream.decode import DecodeLimits  # noqa: E402
+
+
+class DaemonConfig(_Frozen):
+    """`pegp-stream run`: the learner daemon. Keys also come from PEGP_* environment variables and --set."""
+
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    decode: DecodeLimits = Field(default_factory=DecodeLimits)
+    exit_when_idle_s: float | None = Field(
+        None, gt=0, description="stop (checkpointed) once caught up and idle this long; None = run until stopped"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="json: one object per line, with context")

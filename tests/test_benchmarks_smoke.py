@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import bench_core
 from benchmarks.basis_refresh import COLUMNS as BASIS_COLUMNS
@@ -15,6 +16,7 @@ from benchmarks.common import PARADIGMS
 from benchmarks.projection_cost import BREAKDOWN_COLUMNS
 from benchmarks.projection_cost import COLUMNS as PROJECTION_COLUMNS
 from benchmarks.step_bound import COLUMNS as STEP_COLUMNS
+from benchmarks.step_bound import MODES, REFERENCE_MODE
 
 
 def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -43,11 +45,18 @@ def test_projection_cost_quick(tmp_path: Path) -> None:
 
 
 def test_projection_cost_profile_and_adam(tmp_path: Path) -> None:
-    _run("projection-cost", tmp_path, "--paradigms", "adapter", "--optimizer", "adam", "--profile")
+    _run("projection-cost", tmp_path, "--paradigms", "adapter", "--optimizer", "adam", "--profile",
+         "--precision", "bf16", "--attention", "eager")
     _, rows = _read(tmp_path / "projection_cost.csv")
     assert [r["variant"] for r in rows] == ["off", "on", "on, tokens<=5"]
-    assert {r["optimizer"] for r in rows} == {"adam"}
+    assert {(r["optimizer"], r["precision"], r["attention"]) for r in rows} == {("adam", "bf16", "eager")}
     assert "projection on" in (tmp_path / "projection_cost_profile.txt").read_text()
+
+
+def test_projection_cost_without_token_limits(tmp_path: Path) -> None:
+    _run("projection-cost", tmp_path, "--paradigms", "prompt", "--token-limits", "none")
+    _, rows = _read(tmp_path / "projection_cost.csv")
+    assert [r["variant"] for r in rows] == ["off", "on"]
 
 
 def test_basis_refresh_quick(tmp_path: Path) -> None:
@@ -70,9 +79,17 @@ def test_step_bound_quick(tmp_path: Path) -> None:
     columns, rows = _read(tmp_path / "step_bound.csv")
     assert columns == STEP_COLUMNS
     variants = ["floor", *PARADIGMS]
-    assert [(r["precision"], r["variant"]) for r in rows] == [(p, v) for p in ("fp32", "bf16") for v in variants]
-    assert all(r["bf16_speedup"] for r in rows if r["precision"] == "bf16")
+    assert [(r["mode"], r["variant"]) for r in rows] == [(m, v) for m in MODES for v in variants]
+    assert all(r["speedup_vs_fp32"] for r in rows if r["mode"] != REFERENCE_MODE)
     assert all(r["rejected_rows"] == "0" for r in rows)
+
+
+def test_step_bound_modes_option(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    _run("step-bound", tmp_path, "--modes", "fp32/eager", "--paradigms", "prompt")
+    assert torch.get_num_threads() == threads  # global torch state restored after the run
+    _, rows = _read(tmp_path / "step_bound.csv")
+    assert [(r["mode"], r["variant"]) for r in rows] == [("fp32/eager", "floor"), ("fp32/eager", "prompt")]
 
 
 def test_unknown_paradigm_is_rejected(tmp_path: Path) -> None:

@@ -23,6 +23,10 @@ class FeatureTaps:
         self._active = False
         self._features: dict[str, torch.Tensor] = {}
 
+    @property
+    def active(self) -> bool:
+        return self._active
+
     def record(self, space: str, features: torch.Tensor) -> None:
         if self._active:
             self._features[space] = features.detach()

@@ -28,7 +28,10 @@ class LoraPair(nn.Module):
 
 
 class LoraLinear(nn.Module):
-    """`base_layer(x)` plus, for each pair, `scale * B (A x)` added to that pair's output columns."""
+    """`base_layer(x)` plus, for each pair, `scale * B (A x)` added to that pair's output columns.
+
+    All pairs of one linear run as one low-rank product: z = x [A_1; A_2; ...]^T, then z times a
+    block-structured B (each pair's B in its own output rows and rank columns, zeros elsewhere)."""
 
     def __init__(
         self, base_layer: nn.Linear, pairs: dict[str, LoraPair], scale: float, taps: FeatureTaps, space: str
@@ -39,29 +42,20 @@ class LoraLinear(nn.Module):
         self.scale = scale
         self.taps = taps
         self.space = space
+        self.rank = next(iter(pairs.values())).A.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
-        self.taps.record(f"{self.space}.in", x)
-        updates = []
-        for name, pair in self.pairs.items():
-            z = F.linear(x, pair.A.to(x.dtype))
-            self.taps.record(f"{self.space}.{name}.z", z)
-            updates.append((pair, F.linear(z, pair.B.to(x.dtype)) * self.scale))
-        return out + torch.cat(_place(updates, out), dim=-1)
-
-
-def _place(updates: list[tuple[LoraPair, torch.Tensor]], out: torch.Tensor) -> list[torch.Tensor]:
-    """Lay the pairs' outputs side by side over `out`'s width, zeros where no pair writes."""
-    pieces, cursor, lead = [], 0, out.shape[:-1]
-    for pair, update in sorted(updates, key=lambda item: item[0].start):
-        if pair.start > cursor:
-            pieces.append(out.new_zeros(*lead, pair.start - cursor))
-        pieces.append(update)
-        cursor = pair.stop
-    if cursor < out.shape[-1]:
-        pieces.append(out.new_zeros(*lead, out.shape[-1] - cursor))
-    return pieces
+        pairs = list(self.pairs.values())
+        a = torch.cat([pair.A for pair in pairs]).to(x.dtype)
+        z = F.linear(x, a)
+        if self.taps.active:
+            self.taps.record(f"{self.space}.in", x)
+            for i, name in enumerate(self.pairs):
+                self.taps.record(f"{self.space}.{name}.z", z[..., i * self.rank : (i + 1) * self.rank])
+        b = x.new_zeros(self.base_layer.out_features, len(pairs) * self.rank)
+        for i, pair in enumerate(pairs):
+            b[pair.start : pair.stop, i * self.rank : (i + 1) * self.rank] = pair.B.to(x.dtype)
+        return self.base_layer(x) + F.linear(z, b) * self.scale
 
 
 def _target_linears(block: nn.Module, target: str) -> tuple[nn.Module, str, int, int]:

@@ -43,7 +43,8 @@ class PrefixAttention(nn.Module):
         gate = base.gate(x).sigmoid() if base.gate is not None else None
         q, k, v = base.qkv(x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = base.q_norm(q), base.k_norm(k)
-        self.taps.record(self.space, q.transpose(1, 2).reshape(B, N, H * hd))
+        if self.taps.active:
+            self.taps.record(self.space, q.transpose(1, 2).reshape(B, N, H * hd))
         prefix_k = self.key.to(k.dtype).view(1, -1, H, hd).transpose(1, 2).expand(B, -1, -1, -1)
         prefix_v = self.value.to(v.dtype).view(1, -1, H, hd).transpose(1, 2).expand(B, -1, -1, -1)
         k, v = torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)

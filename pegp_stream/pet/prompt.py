@@ -35,7 +35,8 @@ class PromptedBlock(nn.Module):
     def forward(self, x: torch.Tensor, **kwargs: object) -> torch.Tensor:
         s, length = self.start, self.prompt.shape[0]
         rest = x[:, s:] if self.insert else x[:, s + length :]
-        self.taps.record(self.space, torch.cat([x[:, :s], rest], dim=1))
+        if self.taps.active:
+            self.taps.record(self.space, torch.cat([x[:, :s], rest], dim=1))
         prompt = self.prompt.to(x.dtype).expand(x.shape[0], -1, -1)
         return self.base_layer(torch.cat([x[:, :s], prompt, rest], dim=1), **kwargs)
 

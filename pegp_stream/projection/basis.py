@@ -64,13 +64,17 @@ def grow_basis(
     explained = (total - float(torch.trace(residual))) / total
     if explained >= eps:
         return basis
-    request = min(m - k, 8)
-    while True:
-        values, vectors = top_eigenpairs(residual, request, method, oversample, power_iters, seed)
+    if method == "exact":  # one full eigendecomposition, counted over the whole spectrum
+        values, vectors = top_eigenpairs(residual, m - k, "exact")
         chosen = _crossing_count(values, explained, eps, total)
-        if chosen < request or request >= m - k:
-            break
-        request = min(m - k, 2 * request)
+    else:  # widen the randomized request until the crossing component is inside it
+        request = min(m - k, 8)
+        while True:
+            values, vectors = top_eigenpairs(residual, request, method, oversample, power_iters, seed)
+            chosen = _crossing_count(values, explained, eps, total)
+            if chosen < request or request >= m - k:
+                break
+            request = min(m - k, 2 * request)
     return append_orthonormal(basis, vectors[:, :chosen])
 
 

@@ -1,0 +1,156 @@
+"""Atomic checkpoints of the whole learned state with stream offsets.
+
+One checkpoint is one safetensors file: the tensors of the nested state under path-like keys, and the
+rest of the state as JSON in the file's metadata, with a sha256 over both. Loading executes no code
+(safetensors plus json). Writes go to a temporary file that is fsynced and renamed, then the directory
+is fsynced, so a crash leaves either the old or the new checkpoint, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^ckpt-(\d{12})\.safetensors$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    sequence: int
+    state: dict[str, Any]
+
+
+class CheckpointStore:
+    """Numbered checkpoints in `directory`; keeps the newest `keep`."""
+
+    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def paths(self) -> list[Path]:
+        """Existing checkpoint files, oldest first."""
+        return sorted(p for p in self.directory.iterdir() if _NAME.match(p.name))
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Write `state` durably as the next checkpoint and prune old ones; returns its path."""
+        existing = self.paths()
+        sequence = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
+        path = self.directory / f"ckpt-{sequence:012d}.safetensors"
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as handle:
+            handle.write(encode_state(state))
+            handle.flush()
+            os.fsync(handle.fileno())
+        partial.replace(path)
+        _fsync_directory(self.directory)
+        for old in self.paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest(self) -> Checkpoint | None:
+        """The newest checkpoint that reads back intact; a corrupt one is logged and skipped."""
+        for path in reversed(self.paths()):
+            try:
+                state = decode_state(path.read_bytes())
+            except CheckpointError as exc:
+                log.error("checkpoint %s is corrupt, trying the previous one: %s", path, exc)
+                continue
+            return Checkpoint(path, int(_NAME.match(path.name).group(1)), state)
+        return None
+
+
+def encode_state(state: dict[str, Any]) -> bytes:
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _flatten(state, "", tensors)
+    body = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    metadata = {"format": "pegp-stream/1", "state": body, "sha256": _digest(body, tensors)}
+    return save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+
+
+def decode_state(data: bytes) -> dict[str, Any]:
+    try:
+        tensors = load_tensors(data)
+        metadata = _metadata(data)
+    except Exception as exc:  # safetensors raises several error types on damaged bytes
+        raise CheckpointError(f"unreadable checkpoint: {exc}") from None
+    if metadata.get("format") != "pegp-stream/1" or "state" not in metadata:
+        raise CheckpointError("not a pegp-stream checkpoint")
+    if _digest(metadata["state"], tensors) != metadata.get("sha256"):
+        raise CheckpointError("checksum mismatch")
+    return _unflatten(json.loads(metadata["state"]), tensors)
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors buffer (an 8-byte little-endian length, then a JSON header)."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+
+
+def _digest(body: str, tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256(body.encode())
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _flatten(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON tree of `value`, tensors moved to `tensors` under their path; dicts with non-string keys and
+    tuples are tagged so the round trip gives back the same Python types."""
+    if isinstance(value, torch.Tensor):
+        tensors[path] = value
+        return {"__tensor__": path}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _flatten(v, f"{path}/{k}", tensors) for k, v in value.items()}
+        return {"__items__": [[k, _flatten(v, f"{path}/{i}", tensors)] for i, (k, v) in enumerate(value.items())]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_flatten(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_flatten(v, f"{path}/{i}", tensors) for i, v in enumerate(value)]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise CheckpointError(f"cannot store {type(value).__name__} at {path or '/'}")
+
+
+def _unflatten(tree: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(tree, dict):
+        if "__tensor__" in tree:
+            return tensors[tree["__tensor__"]]
+        if "__items__" in tree:
+            return {_key(k): _unflatten(v, tensors) for k, v in tree["__items__"]}
+        if "__tuple__" in tree:
+            return tuple(_unflatten(v, tensors) for v in tree["__tuple__"])
+        return {k: _unflatten(v, tensors) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_unflatten(v, tensors) for v in tree]
+    return tree
+
+
+def _key(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,302 @@
+"""The learner daemon: Kafka in, exactly-once learned state, drift boundaries, dead letters.
+
+The loop is a short list of one-line stages (architecture.md):
+
+    records = source.next_batch()       poll, merge partitions in a fixed order
+    samples = decode(records)           bad records -> dead-letter topic, with the reason
+    learn(samples)                      boundaries (marker, operator, detector) -> consolidate
+    advance(records)                    next offset of every partition applied to the state
+    maybe_checkpoint()                  state + offsets, atomically; then commit offsets to Kafka
+
+SIGTERM/SIGINT only set a flag: the batch in hand is finished, a checkpoint written, offsets committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .checkpoint import CheckpointStore
+from .config import DaemonConfig
+from .drift import BoundaryPolicy
+from .evaluate import PrequentialAccuracy
+from .learner import Learner, create_learner
+from .stream.dead_letter import DeadLetterSink
+from .stream.decode import DecodeError, Sample, decode_record
+from .stream.preprocess import to_model_input
+from .stream.source import KafkaSource
+
+log = logging.getLogger(__name__)
+_LEARNER_REJECTIONS = {"non-finite pixel values": "nonfinite_pixels", "non-finite loss": "nonfinite_loss"}
+STATE_FORMAT = 1
+
+
+@dataclass
+class StreamStats:
+    """What the daemon has done; checkpointed with the state (rolls back with it), read by metrics."""
+
+    consumed: Counter = field(default_factory=Counter)  # records read, per partition
+    learned: int = 0  # records applied to the learned state
+    learned_digest: int = 0  # sum of per-record id hashes mod 2^64: exactly-once accounting
+    dead_letters: Counter = field(default_factory=Counter)  # per reason
+    boundaries: Counter = field(default_factory=Counter)  # per cause
+    boundary_positions: list[int] = field(default_factory=list)  # learned-record count at each boundary
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": {str(k): v for k, v in self.consumed.items()}, "learned": self.learned,
+                "learned_digest": str(self.learned_digest), "dead_letters": dict(self.dead_letters),
+                "boundaries": dict(self.boundaries), "boundary_positions": list(self.boundary_positions)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.consumed = Counter({int(k): v for k, v in state["consumed"].items()})
+        self.learned, self.learned_digest = state["learned"], int(state["learned_digest"])
+        self.dead_letters = Counter(state["dead_letters"])
+        self.boundaries = Counter(state["boundaries"])
+        self.boundary_positions = list(state["boundary_positions"])
+
+
+def record_id_hash(record_id: object) -> int:
+    return int.from_bytes(hashlib.sha256(str(record_id).encode()).digest()[:8], "little")
+
+
+@dataclass
+class _Decoded:
+    record: Any
+    sample: Sample
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, learner: Learner | None = None) -> None:
+        self.config = config
+        self.learner = learner or create_learner(config.learner)
+        self.source = KafkaSource(config.kafka)
+        self.dead_letters = DeadLetterSink(config.kafka)
+        self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
+        self.policy = BoundaryPolicy(config.drift)
+        self.prequential = PrequentialAccuracy()
+        self.stats = StreamStats()
+        self.offsets: dict[int, int] = {}  # next offset per partition, applied to the learned state
+        self.last_checkpoint: dict[str, float] = {}
+        self._input = self.learner.input_config
+        self._stop = threading.Event()
+        self._since_checkpoint = 0
+        self._checkpoint_clock = time.monotonic()
+        self._idle_since: float | None = None
+        self.heartbeat = time.monotonic()
+
+    # ------------------------------------------------------------------ control (any thread)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_boundary(self) -> None:
+        """An operator asks for a consolidation; it happens before the next batch is learned."""
+        self.policy.request()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        self.restore()
+        if not self.source.connect(self.offsets, self._stop.is_set):
+            return 0
+        self.dead_letters.prepare()
+        try:
+            while not self.stopping:
+                records = self.source.next_batch(self._stop.is_set)
+                samples = self.decode(records)
+                self.learn(samples)
+                self.advance(records)
+                self.maybe_checkpoint()
+                if self._idle_long_enough(records):
+                    log.info("caught up and idle for %.1f s: stopping", self.config.exit_when_idle_s)
+                    break
+        finally:
+            self.shutdown()
+        return 0
+
+    def decode(self, records: Sequence[Any]) -> list[_Decoded]:
+        decoded = []
+        for record in records:
+            self.stats.consumed[record.partition] += 1
+            try:
+                decoded.append(_Decoded(record, decode_record(record.value, record.headers or [], self.config.decode)))
+            except DecodeError as exc:
+                self._dead_letter(record, exc.reason, str(exc))
+        return decoded
+
+    def learn(self, decoded: list[_Decoded]) -> None:
+        for run in self._runs(self._within_capacity(decoded)):
+            cause = self.policy.before(run[0].sample.segment)
+            if cause:
+                self.consolidate(cause)
+            self._learn_run(run)
+        self.heartbeat = time.monotonic()
+
+    def advance(self, records: Sequence[Any]) -> None:
+        for record in records:
+            self.offsets[record.partition] = record.offset + 1
+        self._since_checkpoint += len(records)
+
+    # ------------------------------------------------------------------ stages' parts
+
+    def _runs(self, decoded: list[_Decoded]) -> list[list[_Decoded]]:
+        """Split a batch where the segment marker changes (against the last non-None marker, records without
+        one never split), so a marker boundary falls exactly between runs."""
+        runs: list[list[_Decoded]] = []
+        last = self.policy.last_marker
+        for item in decoded:
+            marker = item.sample.segment
+            if not runs or self.policy.marker_changes(last, marker):
+                runs.append([item])
+            else:
+                runs[-1].append(item)
+            last = marker if marker is not None else last
+        return runs
+
+    def _within_capacity(self, decoded: list[_Decoded]) -> list[_Decoded]:
+        """Dead-letter records whose new label would exceed the head's capacity."""
+        known, capacity, kept = set(self.learner.classes), self.config.learner.head.max_classes, []
+        for item in decoded:
+            label = item.sample.label
+            if label not in known and len(known) >= capacity:
+                reason = f"label {label!r}: head.max_classes={capacity} reached"
+                self._dead_letter(item.record, "label_capacity", reason)
+                continue
+            known.add(label)
+            kept.append(item)
+        return kept
+
+    def _learn_run(self, run: list[_Decoded]) -> None:
+        images = to_model_input([d.sample.image for d in run], self._input["input_size"], self._input["mean"],
+                                self._input["std"])
+        labels = [d.sample.label for d in run]
+        started = time.perf_counter()
+        out = self.learner.learn_many(images, labels)
+        self.last_update_seconds = time.perf_counter() - started
+        for row, reason in out.rejected.items():
+            self._dead_letter(run[row].record, _LEARNER_REJECTIONS.get(reason, "rejected"), reason)
+        accepted = [i for i in range(len(run)) if i not in out.rejected]
+        self.prequential.update([out.predictions[i] for i in accepted], [labels[i] for i in accepted],
+                                segment=self.learner.consolidations)
+        detected = None
+        for i in accepted:
+            self._account(run[i])
+            detected = self.policy.after(out.sample_losses[i], out.features[i]) or detected
+        if detected:  # a detector boundary takes effect after the run it was detected in
+            self.consolidate(detected)
+
+    def _account(self, item: _Decoded) -> None:
+        """Count a learned record and add its id to the exactly-once digest."""
+        record_id = item.sample.id if item.sample.id is not None else f"{item.record.partition}:{item.record.offset}"
+        self.stats.learned += 1
+        self.stats.learned_digest = (self.stats.learned_digest + record_id_hash(record_id)) % 2**64
+
+    def consolidate(self, cause: str) -> dict[str, int]:
+        """Grow the bases; poll Kafka into the source's buffers meanwhile (consolidation can take seconds)."""
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(self.learner.consolidate)
+            while not future.done():
+                self.source.prefetch(timeout_ms=20)
+        ranks = future.result()
+        self.last_consolidation_seconds = time.perf_counter() - started
+        self.stats.boundaries[cause] += 1
+        self.stats.boundary_positions.append(self.stats.learned)
+        self.policy.consolidated(cause)
+        log.info("boundary (%s) after %d records: ranks %s", cause, self.stats.learned,
+                 dict(list(ranks.items())[:4]), extra={"cause": cause})
+        return ranks
+
+    def _dead_letter(self, record: Any, reason: str, message: str) -> None:
+        self.stats.dead_letters[reason] += 1
+        self.dead_letters.send(record, reason, message)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def maybe_checkpoint(self) -> None:
+        every = self.config.checkpoint
+        due_records = self._since_checkpoint >= every.every_records
+        due_time = every.every_seconds is not None and self._since_checkpoint > 0 and \
+            time.monotonic() - self._checkpoint_clock >= every.every_seconds
+        if due_records or due_time:
+            self.checkpoint()
+
+    def checkpoint(self) -> bool:
+        """Write state + offsets durably, then commit the offsets to Kafka. Dead letters are flushed first:
+        a checkpoint never moves past a bad record whose dead letter is not delivered."""
+        if not self.dead_letters.flush():
+            log.warning("checkpoint postponed: dead letters not delivered")
+            return False
+        started = time.perf_counter()
+        path = self.store.save(self.state_dict())
+        self.last_checkpoint = {"time": time.time(), "seconds": time.perf_counter() - started,
+                                "bytes": float(path.stat().st_size)}
+        self._since_checkpoint, self._checkpoint_clock = 0, time.monotonic()
+        if self.source.consumer is not None and self.offsets:
+            self.source.commit(self.offsets)
+        log.debug("checkpoint %s (%d bytes)", path.name, path.stat().st_size)
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "topic": self.config.kafka.topic,
+            "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
+            "learner": self.learner.state_dict(),
+            "policy": self.policy.state_dict(),
+            "prequential": self.prequential.state_dict(),
+            "stats": self.stats.state_dict(),
+            "saved_at": time.time(),
+        }
+
+    def restore(self) -> None:
+        checkpoint = self.store.load_latest()
+        if checkpoint is None:
+            log.info("no checkpoint in %s: starting fresh", self.store.directory)
+            return
+        state = checkpoint.state
+        if state.get("topic") != self.config.kafka.topic:
+            log.warning("checkpoint %s was for topic %r, not %r: its offsets are ignored", checkpoint.path.name,
+                        state.get("topic"), self.config.kafka.topic)
+        else:
+            self.offsets = {int(p): o for p, o in state["offsets"].items()}
+        self.learner.load_state_dict(state["learner"])
+        self.policy.load_state_dict(state["policy"])
+        self.prequential.load_state_dict(state["prequential"])
+        self.stats.load_state_dict(state["stats"])
+        log.info("restored %s: %d records learned, offsets %s", checkpoint.path.name, self.stats.learned,
+                 self.offsets)
+
+    def shutdown(self) -> None:
+        if self._since_checkpoint or not self.store.paths():
+            self.checkpoint()
+        self.dead_letters.close()
+        self.source.close()
+
+    # ------------------------------------------------------------------ status
+
+    def lag(self) -> dict[int, int]:
+        ends = self.source.end_offsets(self.config.kafka.lag_interval_s)
+        return {p: max(0, end - self.offsets.get(p, 0)) for p, end in ends.items()}
+
+    def _idle_long_enough(self, records: Sequence[Any]) -> bool:
+        limit = self.config.exit_when_idle_s
+        if limit is None:
+            return False
+        if records or any(self.lag().values()):
+            self._idle_since = None
+            return False
+        self._idle_since = self._idle_since or time.monotonic()
+        return time.monotonic() - self._idle_since >= limit
+
