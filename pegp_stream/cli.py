@@ -150,27 +150,57 @@ def replay(config_path: str | None, overrides: tuple[str, ...], out: str | None)
 
 @main.command()
 @click.option("--limit-per-class", default=300, show_default=True, help="samples per class in the stream")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a replay config key")
-def demo(limit_per_class: int, overrides: tuple[str, ...]) -> None:
-    """The embedded default: pretrain (once) a tiny ViT on digits, then learn Split-MNIST with PEGP."""
-    from .config import ReplayConfig, load
-    from .demo import DEMO_BACKBONE, demo_backbone, demo_stream_datasets
-    from .replay_run import replay as run_replay
+@click.option("--workdir", default="pegp-demo", show_default=True, type=click.Path(file_okay=False),
+              help="checkpoints go here")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a daemon config key")
+def demo(limit_per_class: int, workdir: str, overrides: tuple[str, ...]) -> None:
+    """The embedded default: the embedded broker, a real Split-MNIST stream produced into it, and the learner
+    daemon on it (a tiny ViT pretrained once on digits, adapters, PEGP, nearest-class-mean head)."""
+    import threading
 
-    defaults = [
-        *(f"learner.backbone.{k}={v}" for k, v in DEMO_BACKBONE.items()),
-        f"learner.backbone.checkpoint_path={demo_backbone(log=log.info)}",
-        "learner.pet.kind=adapter",
-        f"stream.datasets=[{','.join(demo_stream_datasets())}]",
-        f"stream.limit_per_class={limit_per_class}",
-        "log_every=500",
-    ]
-    try:
-        config = load(ReplayConfig, None, None, [*defaults, *overrides])
-        summary = run_replay(config, log=log.info).as_dict()
-    except PegpError as exc:
-        _fail(exc)
-    click.echo(json.dumps(summary, indent=2))
+    from .config import DaemonConfig, StreamConfig, load
+    from .demo import DEMO_BACKBONE, demo_backbone, demo_stream_datasets
+    from .stream.broker import EmbeddedBroker, free_port
+    from .stream.produce import ProduceOptions, produce
+    from .stream.replay import build_stream
+
+    backbone = demo_backbone(log=log.info)
+    with EmbeddedBroker(port=free_port(), log_path=Path(workdir).absolute() / "broker.log") as embedded:
+        stream = build_stream(StreamConfig(datasets=demo_stream_datasets(), limit_per_class=limit_per_class))
+        options = ProduceOptions(topic="pegp-demo", bootstrap_servers=embedded.bootstrap_servers, rate=400.0)
+        producer = threading.Thread(target=produce, args=(stream, options), daemon=True)
+        producer.start()
+        defaults = [
+            *(f"learner.backbone.{k}={v}" for k, v in DEMO_BACKBONE.items()),
+            f"learner.backbone.checkpoint_path={backbone}", "learner.pet.kind=adapter", "learner.head.kind=ncm",
+            f"kafka.bootstrap_servers={embedded.bootstrap_servers}", "kafka.topic=pegp-demo",
+            f"checkpoint.dir={Path(workdir) / 'checkpoints'}", "checkpoint.every_records=500",
+            "exit_when_idle_s=5",
+        ]
+        try:
+            config = load(DaemonConfig, None, None, [*defaults, *overrides])
+        except PegpError as exc:
+            _fail(exc)
+        log.info("demo: %d records of %s into topic pegp-demo on %s (broker log: %s/broker.log)", len(stream),
+                 "+".join(demo_stream_datasets()), embedded.bootstrap_servers, workdir)
+        code = _run_daemon(config)
+    click.echo(json.dumps(_demo_summary(Path(workdir) / "checkpoints"), indent=2))
+    sys.exit(code)
+
+
+def _demo_summary(checkpoints: Path) -> dict:
+    from .checkpoint import CheckpointStore
+
+    latest = CheckpointStore(checkpoints).load_latest()
+    if latest is None:
+        return {}
+    state = latest.state
+    accuracy = state["prequential"]
+    return {"checkpoint": str(latest.path), "records_learned": state["stats"]["learned"],
+            "boundaries": state["stats"]["boundaries"], "dead_letters": state["stats"]["dead_letters"],
+            "prequential_accuracy": round(accuracy["correct"] / max(1, accuracy["total"]), 4),
+            "segment_accuracy": {k: round(c / n, 4) for k, (c, n) in accuracy["per_segment"].items()},
+            "ranks": {name: int(space["ranks"].sum()) for name, space in state["learner"]["spaces"].items()}}
 
 
 @main.command()

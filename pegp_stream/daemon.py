@@ -89,7 +89,7 @@ class Daemon:
         self._since_checkpoint = 0
         self._checkpoint_clock = time.monotonic()
         self._idle_since: float | None = None
-        self.heartbeat = time.monotonic()
+        self.heartbeat = self.last_learned_at = time.monotonic()
 
     # ------------------------------------------------------------------ control (any thread)
 
@@ -118,6 +118,7 @@ class Daemon:
                 self.learn(samples)
                 self.advance(records)
                 self.maybe_checkpoint()
+                self.lag()  # refreshes end offsets every lag_interval_s (and notices a reset log)
                 if self._idle_long_enough(records):
                     log.info("caught up and idle for %.1f s: stopping", self.config.exit_when_idle_s)
                     break
@@ -141,7 +142,9 @@ class Daemon:
             if cause:
                 self.consolidate(cause)
             self._learn_run(run)
-        self.heartbeat = time.monotonic()
+        self.heartbeat = time.monotonic()  # the loop is alive (health checks)
+        if decoded:
+            self.last_learned_at = self.heartbeat
 
     def advance(self, records: Sequence[Any]) -> None:
         for record in records:
@@ -245,7 +248,9 @@ class Daemon:
         self._since_checkpoint, self._checkpoint_clock = 0, time.monotonic()
         if self.source.consumer is not None and self.offsets:
             self.source.commit(self.offsets)
-        log.debug("checkpoint %s (%d bytes)", path.name, path.stat().st_size)
+        log.info("checkpoint %s: %d records learned, prequential accuracy %.3f (window %.3f), %d dead letters",
+                 path.name, self.stats.learned, self.prequential.cumulative, self.prequential.windowed,
+                 sum(self.stats.dead_letters.values()))
         return True
 
     def state_dict(self) -> dict[str, Any]:

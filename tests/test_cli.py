@@ -50,3 +50,20 @@ def test_pretrain_writes_a_loadable_backbone(tmp_path):
 
     learner = create_learner({"backbone": {**TINY_BACKBONE, "checkpoint_path": str(out)}})
     assert learner.backbone.embed_dim == TINY_BACKBONE["embed_dim"]
+
+
+def test_example_configs_load():
+    from pegp_stream.config import DaemonConfig, ReplayConfig, load
+
+    assert load(DaemonConfig, "deploy/examples/daemon.yaml").kafka.topic == "samples"
+    assert load(ReplayConfig, "deploy/examples/replay-digits.yaml").learner.pet.kind == "lora"
+
+
+def test_demo_runs_broker_stream_and_daemon_end_to_end(tmp_path):
+    """The README's first command, on a short stream: broker up, records produced, all learned once."""
+    result = CliRunner().invoke(main, ["demo", "--limit-per-class", "5", "--workdir", str(tmp_path / "demo"),
+                                       "--set", "exit_when_idle_s=2"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.rindex("\n{\n") + 1 :])
+    assert summary["records_learned"] == 50 and summary["boundaries"] == {"marker": 4}
+    assert summary["dead_letters"] == {}

@@ -55,7 +55,7 @@ class KafkaSource:
         self._end_checked = 0.0
         self.resets = 0  # times a partition's log was found reset (lost or truncated) under us
         self._last_seen: dict[int, Any] = {}  # last fetched record per partition (offset, timestamp, value)
-        self._outage = False  # the broker was unreachable since the last log check
+        self._verified_end: dict[int, int] = {}  # end offset at which the log was last found intact
 
     # ------------------------------------------------------------------ connection
 
@@ -78,7 +78,7 @@ class KafkaSource:
     def _connect(self, offsets: dict[int, int]) -> None:
         self.consumer = KafkaConsumer(
             **self.config.client_options(), group_id=self.config.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=max(64, 4 * self.config.batch_size),
+            auto_offset_reset="earliest", max_poll_records=max(5000, 4 * self.config.batch_size),
         )
         partitions = self.consumer.partitions_for_topic(self.config.topic)
         if not partitions:
@@ -129,11 +129,12 @@ class KafkaSource:
         return batch
 
     def _pending(self) -> list[int]:
-        """Partitions with an empty buffer but records on the broker not fetched yet."""
-        empty = [p for p, buffer in self._buffers.items() if not buffer]
-        if empty and any(self._fetched[p] >= self._end.get(p, 0) for p in empty):
-            self._refresh_end()
-        return [p for p in empty if self._fetched[p] < self._end.get(p, 0)]
+        """Partitions with an empty buffer but records on the broker not fetched yet (by the last known end
+        offsets, refreshed every `lag_interval_s`). One partition needs no merge, so nothing is pending."""
+        if len(self._buffers) < 2:
+            return []
+        self._refresh_end(max_age_s=self.config.lag_interval_s)
+        return [p for p, buffer in self._buffers.items() if not buffer and self._fetched[p] < self._end.get(p, 0)]
 
     def _take(self) -> Any | None:
         heads = [(buffer[0].timestamp, p, buffer[0].offset) for p, buffer in self._buffers.items() if buffer]
@@ -146,7 +147,6 @@ class KafkaSource:
         try:
             fetched = self.consumer.poll(timeout_ms=min(timeout_ms, 200))
         except KafkaError as exc:
-            self._outage = True
             log.warning("poll failed (%s: %s)", type(exc).__name__, exc, extra={"topic": self.config.topic})
             time.sleep(0.1)
             return
@@ -170,29 +170,31 @@ class KafkaSource:
 
     # ------------------------------------------------------------------ offsets
 
-    def _refresh_end(self, force: bool = False) -> None:
+    def _refresh_end(self, force: bool = False, max_age_s: float = 0.1) -> None:
         now = time.monotonic()
-        if not force and now - self._end_checked < 0.1:
+        if not force and now - self._end_checked < max_age_s:
             return
         self._end_checked = now
         try:
             ends = self.consumer.end_offsets(self.partitions, timeout_ms=2000)
         except KafkaError as exc:
-            self._outage = True
             log.warning("end offsets unavailable (%s: %s)", type(exc).__name__, exc)
             return
         self._end = {tp.partition: offset for tp, offset in ends.items()}
-        if self._outage:
-            self._outage = False
-            for tp in self.partitions:
-                behind = self._end.get(tp.partition, 0) < self._fetched[tp.partition]
-                if behind and not self._buffers[tp.partition] and not self._log_intact(tp):
+        for tp in self.partitions:
+            end = self._end.get(tp.partition, 0)
+            suspicious = end < self._fetched[tp.partition] and end != self._verified_end.get(tp.partition)
+            if suspicious and not self._buffers[tp.partition]:
+                if self._log_intact(tp):
+                    self._verified_end[tp.partition] = end
+                else:
                     self._restart_partition(tp)
 
     def _log_intact(self, tp: TopicPartition) -> bool:
-        """After an outage, when the log seems to end before our position: is the last record we fetched
-        still there, unchanged? (Records at an offset never change in an intact log. End offsets alone
-        cannot tell: Tansu reports the last batch's base offset + 1.)"""
+        """When the log seems to end before our position: is the last record we fetched still there,
+        unchanged? Checked once per end offset seen, while the partition is caught up. (Records at an offset
+        never change in an intact log. End offsets alone cannot tell: Tansu reports the last batch's base
+        offset + 1.)"""
         last = self._last_seen.get(tp.partition)
         if last is None:
             return True
