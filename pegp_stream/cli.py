@@ -155,7 +155,8 @@ def replay(config_path: str | None, overrides: tuple[str, ...], out: str | None)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a daemon config key")
 def demo(limit_per_class: int, workdir: str, overrides: tuple[str, ...]) -> None:
     """The embedded default: the embedded broker, a real Split-MNIST stream produced into it, and the learner
-    daemon on it (a tiny ViT pretrained once on digits, adapters, PEGP, nearest-class-mean head)."""
+    daemon on it (a tiny ViT pretrained once on digits, adapters, PEGP, nearest-class-mean head), serving
+    predictions and metrics over HTTP until stopped (Ctrl-C)."""
     import threading
 
     from .config import DaemonConfig, StreamConfig, load
@@ -174,8 +175,7 @@ def demo(limit_per_class: int, workdir: str, overrides: tuple[str, ...]) -> None
             *(f"learner.backbone.{k}={v}" for k, v in DEMO_BACKBONE.items()),
             f"learner.backbone.checkpoint_path={backbone}", "learner.pet.kind=adapter", "learner.head.kind=ncm",
             f"kafka.bootstrap_servers={embedded.bootstrap_servers}", "kafka.topic=pegp-demo",
-            f"checkpoint.dir={Path(workdir) / 'checkpoints'}", "checkpoint.every_records=500",
-            "exit_when_idle_s=5",
+            f"checkpoint.dir={Path(workdir) / 'checkpoints'}", "checkpoint.every_records=500", "http.port=8080",
         ]
         try:
             config = load(DaemonConfig, None, None, [*defaults, *overrides])

@@ -351,6 +351,13 @@ class HttpConfig(_Frozen):
     enabled: bool = Field(True, description="serve predictions and metrics")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
+    snapshot_every_updates: Positive = Field(20, description="publish a snapshot after this many updates")
+    max_instances: Positive = Field(64, description="images per prediction request")
+    max_body_bytes: Positive = Field(16 * 2**20, description="largest request body")
+    top_k: Positive = Field(3, description="default number of classes in each answer's top_k")
+    boundary_token: SecretStr | None = Field(None, description="bearer token for POST /v1/boundary (unset: off)")
+    stall_after_s: float = Field(60.0, gt=0, description="readyz fails when the learner loop is silent this long "
+                                 "while records are waiting")
 
 
 # Areas whose models live beside their code (imported last: those modules do not import this one).

@@ -28,6 +28,8 @@ from .config import DaemonConfig
 from .drift import BoundaryPolicy
 from .evaluate import PrequentialAccuracy
 from .learner import Learner, create_learner
+from .serving.app import HttpServer, create_app
+from .serving.snapshot import SnapshotPublisher
 from .stream.dead_letter import DeadLetterSink
 from .stream.decode import DecodeError, Sample, decode_record
 from .stream.preprocess import to_model_input
@@ -90,6 +92,11 @@ class Daemon:
         self._checkpoint_clock = time.monotonic()
         self._idle_since: float | None = None
         self.heartbeat = self.last_learned_at = time.monotonic()
+        self.last_loss = float("nan")
+        self.last_update_seconds = self.last_consolidation_seconds = 0.0
+        self.snapshots = SnapshotPublisher()
+        self.http: HttpServer | None = None
+        self._published_at_update = -1
 
     # ------------------------------------------------------------------ control (any thread)
 
@@ -108,7 +115,10 @@ class Daemon:
 
     def run(self) -> int:
         self.restore()
+        self.publish()
+        self.start_http()
         if not self.source.connect(self.offsets, self._stop.is_set):
+            self.stop_http()
             return 0
         self.dead_letters.prepare()
         try:
@@ -118,6 +128,7 @@ class Daemon:
                 self.learn(samples)
                 self.advance(records)
                 self.maybe_checkpoint()
+                self.maybe_publish()
                 self.lag()  # refreshes end offsets every lag_interval_s (and notices a reset log)
                 if self._idle_long_enough(records):
                     log.info("caught up and idle for %.1f s: stopping", self.config.exit_when_idle_s)
@@ -187,6 +198,7 @@ class Daemon:
         started = time.perf_counter()
         out = self.learner.learn_many(images, labels)
         self.last_update_seconds = time.perf_counter() - started
+        self.last_loss = out.loss
         for row, reason in out.rejected.items():
             self._dead_letter(run[row].record, _LEARNER_REJECTIONS.get(reason, "rejected"), reason)
         accepted = [i for i in range(len(run)) if i not in out.rejected]
@@ -217,6 +229,7 @@ class Daemon:
         self.stats.boundaries[cause] += 1
         self.stats.boundary_positions.append(self.stats.learned)
         self.policy.consolidated(cause)
+        self.publish()
         log.info("boundary (%s) after %d records: ranks %s", cause, self.stats.learned,
                  dict(list(ranks.items())[:4]), extra={"cause": cause})
         return ranks
@@ -286,10 +299,39 @@ class Daemon:
     def shutdown(self) -> None:
         if self._since_checkpoint or not self.store.paths():
             self.checkpoint()
+        self.stop_http()
         self.dead_letters.close()
         self.source.close()
 
+    # ------------------------------------------------------------------ serving
+
+    def publish(self) -> None:
+        """A new immutable snapshot for readers (HTTP predictions)."""
+        self.snapshots.publish(self.learner, self.stats.learned)
+        self._published_at_update = self.learner.updates
+
+    def maybe_publish(self) -> None:
+        if self.learner.updates - self._published_at_update >= self.config.http.snapshot_every_updates:
+            self.publish()
+
+    def start_http(self) -> None:
+        if not self.config.http.enabled or self.http is not None:
+            return
+        app = create_app(self.config.http, self.snapshots, daemon=self, limits=self.config.decode)
+        self.http = HttpServer(app, self.config.http.host, self.config.http.port).start()
+        log.info("serving predictions on %s/v1/predict, metrics on %s/metrics", self.http.url, self.http.url)
+
+    def stop_http(self) -> None:
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+
     # ------------------------------------------------------------------ status
+
+    def cached_lag(self) -> dict[int, int]:
+        """Lag from the last fetched end offsets (no network call; safe from other threads)."""
+        ends = dict(self.source._end)
+        return {p: max(0, end - self.offsets.get(p, 0)) for p, end in ends.items()}
 
     def lag(self) -> dict[int, int]:
         ends = self.source.end_offsets(self.config.kafka.lag_interval_s)

@@ -62,7 +62,7 @@ def test_example_configs_load():
 def test_demo_runs_broker_stream_and_daemon_end_to_end(tmp_path):
     """The README's first command, on a short stream: broker up, records produced, all learned once."""
     result = CliRunner().invoke(main, ["demo", "--limit-per-class", "5", "--workdir", str(tmp_path / "demo"),
-                                       "--set", "exit_when_idle_s=2"])
+                                       "--set", "exit_when_idle_s=2", "--set", "http.port=0"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.rindex("\n{\n") + 1 :])
     assert summary["records_learned"] == 50 and summary["boundaries"] == {"marker": 4}

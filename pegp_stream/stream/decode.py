@@ -416,3 +416,16 @@ def _preview(value: object, limit: int = 48) -> str:
 def _shorten(text: str, limit: int = 120) -> str:
     text = text.encode("ascii", "backslashreplace").decode("ascii")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def decode_image_fields(fields: dict[str, Any], limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """The image of a JSON object with `image` (base64 PNG/JPEG) or `pixels` + `shape` (what a record or a
+    prediction request carries); raises DecodeError with the same reason codes as `decode_record`."""
+    return _json_image(fields, limits)
+
+
+def decode_image_bytes(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """A PNG or JPEG file's pixels (uploads); raises DecodeError."""
+    if len(data) > limits.max_record_bytes:
+        raise DecodeError("too_large", "file", f"has {len(data)} bytes; max_record_bytes={limits.max_record_bytes}")
+    return _decode_image(data, "file", limits)

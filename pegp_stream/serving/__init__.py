@@ -1,0 +1,1 @@
+"""Serving: immutable snapshots of the learned state and the HTTP API that predicts on them."""

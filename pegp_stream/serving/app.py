@@ -1,0 +1,197 @@
+"""The HTTP API (FastAPI on uvicorn): predictions on the newest snapshot, model info, operator boundary
+requests, health, readiness and Prometheus metrics. Bad requests get a 4xx with a message, never a 5xx."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import HttpConfig
+from ..metrics import build_registry
+from ..stream.decode import DecodeError, DecodeLimits, decode_image_fields
+from ..stream.preprocess import to_model_input
+from .snapshot import SnapshotPublisher
+
+if TYPE_CHECKING:
+    from ..daemon import Daemon
+
+
+class Instance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = Field(None, description="base64 of PNG or JPEG bytes")
+    pixels: str | None = Field(None, description="base64 of raw uint8 pixels; needs shape")
+    shape: list[int] | None = Field(None, description="[H, W] or [H, W, C]")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[Instance] = Field(min_length=1)
+    top_k: int | None = Field(None, ge=1, le=100)
+
+
+class ScoredLabel(BaseModel):
+    label: str | int
+    score: float
+
+
+class PredictionOut(BaseModel):
+    label: str | int | None
+    score: float | None
+    top_k: list[ScoredLabel]
+
+
+class PredictResponse(BaseModel):
+    model_version: int
+    predictions: list[PredictionOut]
+
+
+def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon | None = None,
+               limits: DecodeLimits | None = None) -> FastAPI:
+    app = FastAPI(title="pegp-stream", version="1", description=__doc__)
+    registry, serving = build_registry(daemon, snapshots)
+    limits = limits or DecodeLimits()
+    app.state.registry = registry
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
+            return JSONResponse({"detail": f"body larger than {config.max_body_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"detail": "; ".join(problems)[:2000]}, status_code=422)
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses={400: {}, 413: {}, 503: {}})
+    def predict(body: PredictRequest) -> Any:
+        started = time.perf_counter()
+        code = 200
+        try:
+            return _predict(body)
+        except HTTPException as exc:
+            code = exc.status_code
+            raise
+        finally:
+            serving.requests.labels(str(code)).inc()
+            serving.duration.observe(time.perf_counter() - started)
+
+    def _predict(body: PredictRequest) -> dict:
+        predictor = snapshots.current
+        if predictor is None:
+            raise HTTPException(503, "no model snapshot published yet")
+        if len(body.instances) > config.max_instances:
+            raise HTTPException(413, f"{len(body.instances)} instances; max_instances={config.max_instances}")
+        images = []
+        for i, instance in enumerate(body.instances):
+            try:
+                images.append(decode_image_fields(instance.model_dump(exclude_none=True), limits))
+            except DecodeError as exc:
+                raise HTTPException(400, f"instances[{i}].{exc}") from None
+        spec = predictor.input_config
+        batch = to_model_input(images, predictor.input_size, spec["mean"], spec["std"])
+        prediction = predictor.predict(batch)
+        k = min(body.top_k or config.top_k, len(prediction.classes))
+        answers = []
+        for row in range(batch.shape[0]):
+            if not prediction.classes:
+                answers.append({"label": None, "score": None, "top_k": []})
+                continue
+            scores, indices = prediction.probs[row].topk(k)
+            top = [{"label": prediction.classes[j], "score": float(s)} for s, j in zip(scores, indices.tolist(),
+                                                                                     strict=True)]
+            answers.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top})
+        return {"model_version": predictor.info.version, "predictions": answers}
+
+    @app.get("/v1/model")
+    def model() -> dict:
+        predictor = snapshots.current
+        info = predictor.info if predictor else None
+        out: dict[str, Any] = {
+            "version": info.version if info else 0, "classes": info.classes if info else [],
+            "segments": info.segments if info else 0, "ranks": info.ranks if info else {},
+            "records_learned": info.records_learned if info else 0, "lag": {}, "last_checkpoint_time": None,
+        }
+        if daemon is not None:
+            learner = daemon.learner.config
+            out.update({"paradigm": learner.pet.kind, "backbone": learner.backbone.name,
+                        "lag": {str(p): n for p, n in daemon.cached_lag().items()},
+                        "offsets": {str(p): o for p, o in daemon.offsets.items()},
+                        "last_checkpoint_time": daemon.last_checkpoint.get("time")})
+        return out
+
+    @app.post("/v1/boundary", status_code=202, responses={401: {}, 403: {}, 404: {}})
+    def boundary(authorization: str | None = Header(None)) -> dict:
+        if daemon is None or config.boundary_token is None:
+            raise HTTPException(404, "operator boundaries are not enabled (set http.boundary_token)")
+        expected = f"Bearer {config.boundary_token.get_secret_value()}"
+        if authorization is None:
+            raise HTTPException(401, "a bearer token is required")
+        if not hmac.compare_digest(authorization.encode(), expected.encode()):
+            raise HTTPException(403, "wrong token")
+        daemon.request_boundary()
+        return {"requested": True}
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        if daemon is not None and time.monotonic() - daemon.heartbeat > config.stall_after_s:
+            return JSONResponse({"status": "learner loop silent"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> Any:
+        if snapshots.current is None:
+            return JSONResponse({"status": "no snapshot yet"}, status_code=503)
+        if daemon is not None and any(daemon.cached_lag().values()) and \
+                time.monotonic() - daemon.last_learned_at > config.stall_after_s:
+            return JSONResponse({"status": "stalled: records waiting, none learned"}, status_code=503)
+        return {"status": "ready", "model_version": snapshots.current.info.version}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+class HttpServer:
+    """uvicorn in a background thread; `start` returns once it listens (port 0 picks a free port)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        import socket
+
+        import uvicorn
+
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((host, port))
+        self.host, self.port = host, self.socket.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> HttpServer:
+        import threading
+
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=10)
