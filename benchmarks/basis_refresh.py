@@ -5,7 +5,7 @@ orthonormal directions, like the leading spectrum of real ViT features) and thei
 (float64, as ProtectedSpace accumulates it). k is the rank the GPM rule with --eps selects from the exact
 spectrum. Timed side by side, interleaved:
 
-- randomized: top_eigenpairs(C, k, "randomized") with the config defaults (oversample 10, 2 power iterations)
+- randomized: top_eigenpairs(C, k, "randomized") with the config defaults (oversample 20, 2 power iterations)
 - eigh: torch.linalg.eigh(C), the exact eigendecomposition of the covariance
 - svd f32 / svd f64: torch.linalg.svd(F), the full (thin) SVD of the raw feature matrix
 - grow_basis randomized / exact: the end-to-end basis growth from an empty basis
@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=None, help="token rows n (default 20000; quick 500)")
     parser.add_argument("--decay", type=float, default=0.75, help="singular values (i+1)^-decay")
     parser.add_argument("--eps", type=float, default=0.95, help="GPM energy threshold that selects k")
-    parser.add_argument("--oversample", type=int, default=10)
+    parser.add_argument("--oversample", type=int, default=20)
     parser.add_argument("--power-iters", type=int, default=2)
 
 

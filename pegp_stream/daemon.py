@@ -19,7 +19,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -220,11 +219,14 @@ class Daemon:
     def consolidate(self, cause: str) -> dict[str, int]:
         """Grow the bases; poll Kafka into the source's buffers meanwhile (consolidation can take seconds)."""
         started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            future = pool.submit(self.learner.consolidate)
-            while not future.done():
-                self.source.prefetch(timeout_ms=20)
-        ranks = future.result()
+        done = threading.Event()
+        poller = threading.Thread(target=self._prefetch_until, args=(done,), daemon=True)
+        poller.start()  # the consumer is used by this thread alone until `done`
+        try:
+            ranks = self.learner.consolidate()  # on the loop's thread: torch's thread settings apply
+        finally:
+            done.set()
+            poller.join()
         self.last_consolidation_seconds = time.perf_counter() - started
         self.stats.boundaries[cause] += 1
         self.stats.boundary_positions.append(self.stats.learned)
@@ -233,6 +235,10 @@ class Daemon:
         log.info("boundary (%s) after %d records: ranks %s", cause, self.stats.learned,
                  dict(list(ranks.items())[:4]), extra={"cause": cause})
         return ranks
+
+    def _prefetch_until(self, done: threading.Event) -> None:
+        while not done.is_set():
+            self.source.prefetch(timeout_ms=20)
 
     def _dead_letter(self, record: Any, reason: str, message: str) -> None:
         self.stats.dead_letters[reason] += 1
