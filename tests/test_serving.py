@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -74,6 +75,19 @@ def test_raw_pixels_and_png_give_the_same_answer(served):
     assert answers[0]["score"] == pytest.approx(answers[1]["score"], abs=1e-6)
 
 
+def test_multipart_files_give_the_same_answer_as_json(served):
+    _, client = served
+    images = load_dataset("digits", split="test").images[:3]
+    pngs = [base64.b64decode(png_b64(im)) for im in images]
+    as_json = client.post("/v1/predict", json={"instances": [{"image": png_b64(im)} for im in images]}).json()
+    as_files = client.post("/v1/predict/files", files=[("files", (f"{i}.png", data, "image/png"))
+                                                        for i, data in enumerate(pngs)]).json()
+    assert as_files == as_json
+    bad = client.post("/v1/predict/files", files=[("files", ("x.png", b"not a png", "image/png"))])
+    assert bad.status_code == 400 and "files[0] (x.png)" in bad.json()["detail"]
+    assert client.post("/v1/predict/files").status_code == 422
+
+
 @pytest.mark.parametrize(("payload", "status", "words"), [
     ({"instances": []}, 422, "instances"),
     ({"instances": [{"image": "***"}]}, 400, "instances[0].image"),
@@ -121,3 +135,49 @@ def test_metrics_exposition_has_the_contract_series(served):
                  "pegp_predict_duration_seconds_bucket", "pegp_build_info"):
         assert name in text, name
     assert f"pegp_samples_learned_total {float(daemon.stats.learned)}" in text
+
+
+def test_predictions_while_learning_never_fail_and_versions_never_go_back(tmp_path, digits_backbone):
+    """Two clients predict continuously while the daemon learns a stream with boundaries; p99 latency under
+    learning is printed next to idle p99 (numbers, not assertions: timing belongs in benchmarks)."""
+    image = {"image": png_b64(load_dataset("digits", split="test").images[0])}
+    with EmbeddedBroker(port=free_port()) as broker:
+        ids = produce_digits(broker.bootstrap_servers, "busy", limit_per_class=25)
+        config = daemon_config(tmp_path, broker.bootstrap_servers, "busy", digits_backbone, exit_when_idle_s=None,
+                               http={"enabled": True, "port": 0, "snapshot_every_updates": 2})
+        daemon = Daemon(typed(config))
+        thread = threading.Thread(target=daemon.run)
+        thread.start()
+        wait_for(lambda: daemon.http is not None, 60, what="the HTTP server")
+        results: dict[int, list] = {0: [], 1: []}
+
+        def client_loop(key: int, until) -> None:
+            with httpx.Client(base_url=daemon.http.url, timeout=30) as client:
+                while not until():
+                    started = time.perf_counter()
+                    response = client.post("/v1/predict", json={"instances": [image]})
+                    results[key].append((response.status_code, response.json().get("model_version"),
+                                         time.perf_counter() - started))
+
+        learning = [threading.Thread(target=client_loop, args=(k, lambda: daemon.stats.learned >= len(ids)))
+                    for k in results]
+        for t in learning:
+            t.start()
+        for t in learning:
+            t.join(timeout=300)
+        idle: list = []
+        results[2] = idle
+        deadline = time.monotonic() + 3
+        client_loop(2, lambda: time.monotonic() > deadline)
+        daemon.request_stop()
+        thread.join(timeout=60)
+    for key in (0, 1):
+        codes = {code for code, _, _ in results[key]}
+        versions = [version for _, version, _ in results[key]]
+        assert codes == {200}, codes
+        assert versions == sorted(versions), "a client saw the model version go back"
+        assert len(set(versions)) > 1, "the snapshot never changed while the client watched"
+    busy = sorted(t for key in (0, 1) for _, _, t in results[key])
+    calm = sorted(t for _, _, t in idle)
+    print(f"predict p99 while learning {1000 * busy[int(0.99 * (len(busy) - 1))]:.1f} ms over {len(busy)} "
+          f"requests; idle {1000 * calm[int(0.99 * (len(calm) - 1))]:.1f} ms over {len(calm)}")

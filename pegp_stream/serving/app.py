@@ -7,7 +7,7 @@ import hmac
 import time
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import HttpConfig
 from ..metrics import build_registry
-from ..stream.decode import DecodeError, DecodeLimits, decode_image_fields
+from ..stream.decode import DecodeError, DecodeLimits, decode_image_bytes, decode_image_fields
 from ..stream.preprocess import to_model_input
 from .snapshot import SnapshotPublisher
 
@@ -84,10 +84,29 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
             serving.requests.labels(str(code)).inc()
             serving.duration.observe(time.perf_counter() - started)
 
+    @app.post("/v1/predict/files", response_model=PredictResponse, responses={400: {}, 413: {}, 503: {}})
+    def predict_files(files: list[UploadFile], top_k: int | None = Form(None, ge=1, le=100)) -> Any:
+        """The same prediction for PNG/JPEG files sent as multipart/form-data (field name `files`)."""
+        started = time.perf_counter()
+        code = 200
+        try:
+            if len(files) > config.max_instances:
+                raise HTTPException(413, f"{len(files)} files; max_instances={config.max_instances}")
+            images = []
+            for i, upload in enumerate(files):
+                try:
+                    images.append(decode_image_bytes(upload.file.read(limits.max_record_bytes + 1), limits))
+                except DecodeError as exc:
+                    raise HTTPException(400, f"files[{i}] ({upload.filename}): {exc}") from None
+            return _answer(images, top_k)
+        except HTTPException as exc:
+            code = exc.status_code
+            raise
+        finally:
+            serving.requests.labels(str(code)).inc()
+            serving.duration.observe(time.perf_counter() - started)
+
     def _predict(body: PredictRequest) -> dict:
-        predictor = snapshots.current
-        if predictor is None:
-            raise HTTPException(503, "no model snapshot published yet")
         if len(body.instances) > config.max_instances:
             raise HTTPException(413, f"{len(body.instances)} instances; max_instances={config.max_instances}")
         images = []
@@ -96,10 +115,16 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
                 images.append(decode_image_fields(instance.model_dump(exclude_none=True), limits))
             except DecodeError as exc:
                 raise HTTPException(400, f"instances[{i}].{exc}") from None
+        return _answer(images, body.top_k)
+
+    def _answer(images: list, top_k: int | None) -> dict:
+        predictor = snapshots.current
+        if predictor is None:
+            raise HTTPException(503, "no model snapshot published yet")
         spec = predictor.input_config
         batch = to_model_input(images, predictor.input_size, spec["mean"], spec["std"])
         prediction = predictor.predict(batch)
-        k = min(body.top_k or config.top_k, len(prediction.classes))
+        k = min(top_k or config.top_k, len(prediction.classes))
         answers = []
         for row in range(batch.shape[0]):
             if not prediction.classes:
