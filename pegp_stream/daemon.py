@@ -17,7 +17,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,6 +94,8 @@ class Daemon:
         self.last_loss = float("nan")
         self.last_update_seconds = self.last_consolidation_seconds = 0.0
         self.snapshots = SnapshotPublisher()
+        self.curve: deque = deque(maxlen=2000)  # (records learned, windowed, cumulative prequential accuracy)
+        self._rate_window: deque = deque(maxlen=50)  # (monotonic time, records learned) for throughput
         self.http: HttpServer | None = None
         self._published_at_update = -1
 
@@ -155,6 +157,9 @@ class Daemon:
         self.heartbeat = time.monotonic()  # the loop is alive (health checks)
         if decoded:
             self.last_learned_at = self.heartbeat
+            self._rate_window.append((self.heartbeat, self.stats.learned))
+            if not self.curve or self.stats.learned - self.curve[-1][0] >= 20:
+                self.curve.append((self.stats.learned, self.prequential.windowed, self.prequential.cumulative))
 
     def advance(self, records: Sequence[Any]) -> None:
         for record in records:
@@ -333,6 +338,13 @@ class Daemon:
             self.http = None
 
     # ------------------------------------------------------------------ status
+
+    def throughput(self) -> float:
+        """Records learned per second over the recent batches."""
+        if len(self._rate_window) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self._rate_window[0], self._rate_window[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     def cached_lag(self) -> dict[int, int]:
         """Lag from the last fetched end offsets (no network call; safe from other threads)."""

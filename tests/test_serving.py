@@ -181,3 +181,16 @@ def test_predictions_while_learning_never_fail_and_versions_never_go_back(tmp_pa
     calm = sorted(t for _, _, t in idle)
     print(f"predict p99 while learning {1000 * busy[int(0.99 * (len(busy) - 1))]:.1f} ms over {len(busy)} "
           f"requests; idle {1000 * calm[int(0.99 * (len(calm) - 1))]:.1f} ms over {len(calm)}")
+
+
+def test_status_page_is_self_contained_and_its_data_is_consistent(served):
+    daemon, client = served
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas" in page.text and "/v1/status" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
+    status = client.get("/v1/status").json()
+    assert status["records_learned"] == daemon.stats.learned
+    assert status["boundaries"] == [24, 48, 72, 96]
+    assert len(status["curve"]) >= 5 and all(0.0 <= p[1] <= 1.0 for p in status["curve"])
+    assert set(status["segment_accuracy"]) == {"0", "1", "2", "3", "4"}
+    assert status["ranks"] == daemon.learner.ranks

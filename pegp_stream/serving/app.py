@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,7 @@ from ..config import HttpConfig
 from ..metrics import build_registry
 from ..stream.decode import DecodeError, DecodeLimits, decode_image_bytes, decode_image_fields
 from ..stream.preprocess import to_model_input
+from .page import STATUS_PAGE
 from .snapshot import SnapshotPublisher
 
 if TYPE_CHECKING:
@@ -164,6 +165,29 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
             raise HTTPException(403, "wrong token")
         daemon.request_boundary()
         return {"requested": True}
+
+    @app.get("/v1/status")
+    def status() -> dict:
+        """What the status page draws: the prequential curve with boundaries, per-segment accuracy, ranks,
+        throughput and lag."""
+        predictor = snapshots.current
+        out: dict[str, Any] = {"version": predictor.info.version if predictor else 0, "curve": [],
+                               "boundaries": [], "segment_accuracy": {}, "ranks": {}, "throughput": 0.0,
+                               "lag": {}, "records_learned": 0, "dead_letters": {}}
+        if daemon is not None:
+            out.update({
+                "curve": [list(point) for point in list(daemon.curve)],
+                "boundaries": list(daemon.stats.boundary_positions),
+                "segment_accuracy": {str(k): v for k, v in daemon.prequential.segment_accuracy().items()},
+                "ranks": daemon.learner.ranks, "throughput": daemon.throughput(),
+                "lag": {str(p): n for p, n in daemon.cached_lag().items()},
+                "records_learned": daemon.stats.learned, "dead_letters": dict(daemon.stats.dead_letters),
+            })
+        return out
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return STATUS_PAGE
 
     @app.get("/healthz")
     def healthz() -> Any:
