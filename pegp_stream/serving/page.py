@@ -2,7 +2,7 @@
 It polls /v1/status every 2 s and draws the prequential accuracy curve with boundaries on a canvas."""
 
 STATUS_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pegp-stream</title>
+<html lang="en"><head><meta charset="utf-8"><title>pegp-stream</title><link rel="icon" href="data:,">
 <style>
  body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fafafa}
  h1{font-size:20px;margin:0 0 4px} .sub{color:#666;margin-bottom:16px}
@@ -18,7 +18,8 @@ STATUS_PAGE = """<!doctype html>
  <div class="card"><div>lag (records)</div><div class="num" id="lag">-</div></div>
  <div class="card"><div>model version</div><div class="num" id="version">-</div></div>
 </div>
-<h2 style="font-size:16px">Prequential accuracy over records (dashed: boundaries)</h2>
+<h2 style="font-size:16px">Prequential accuracy over records
+ (blue: windowed, grey: cumulative, dashed red: boundaries)</h2>
 <canvas id="curve" width="900" height="300"></canvas>
 <div class="row" style="margin-top:16px">
  <div class="card"><b>Accuracy per segment</b><table id="segments"></table></div>
@@ -48,7 +49,7 @@ function draw(status) {
   ctx.setLineDash([4, 4]); ctx.strokeStyle = "#c33";
   for (const b of status.boundaries) { ctx.beginPath(); ctx.moveTo(x(b), y(0)); ctx.lineTo(x(b), y(1)); ctx.stroke(); }
   ctx.setLineDash([]);
-  for (const [index, color] of [[1, "#1f77b4"], [2, "#999"]]) {
+  for (const [index, color] of [[2, "#999"], [1, "#1f77b4"]]) {  // cumulative grey, windowed blue on top
     ctx.strokeStyle = color; ctx.beginPath();
     status.curve.forEach((p, i) => i ? ctx.lineTo(x(p[0]), y(p[index])) : ctx.moveTo(x(p[0]), y(p[index])));
     ctx.stroke();
