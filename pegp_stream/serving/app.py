@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,6 +53,13 @@ class PredictResponse(BaseModel):
     predictions: list[PredictionOut]
 
 
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong with the request")
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 422, 503)}
+
+
 def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon | None = None,
                limits: DecodeLimits | None = None) -> FastAPI:
     app = FastAPI(title="pegp-stream", version="1", description=__doc__)
@@ -72,7 +79,7 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(problems)[:2000]}, status_code=422)
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses={400: {}, 413: {}, 503: {}})
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS)
     def predict(body: PredictRequest) -> Any:
         started = time.perf_counter()
         code = 200
@@ -85,7 +92,7 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
             serving.requests.labels(str(code)).inc()
             serving.duration.observe(time.perf_counter() - started)
 
-    @app.post("/v1/predict/files", response_model=PredictResponse, responses={400: {}, 413: {}, 503: {}})
+    @app.post("/v1/predict/files", response_model=PredictResponse, responses=ERRORS)
     def predict_files(files: list[UploadFile], top_k: int | None = Form(None, ge=1, le=100)) -> Any:
         """The same prediction for PNG/JPEG files sent as multipart/form-data (field name `files`)."""
         started = time.perf_counter()
@@ -154,7 +161,8 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
                         "last_checkpoint_time": daemon.last_checkpoint.get("time")})
         return out
 
-    @app.post("/v1/boundary", status_code=202, responses={401: {}, 403: {}, 404: {}})
+    @app.post("/v1/boundary", status_code=202,
+              responses={code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422)})
     def boundary(authorization: str | None = Header(None)) -> dict:
         if daemon is None or config.boundary_token is None:
             raise HTTPException(404, "operator boundaries are not enabled (set http.boundary_token)")
@@ -189,13 +197,13 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
     def page() -> str:
         return STATUS_PAGE
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"description": "the learner loop is silent"}})
     def healthz() -> Any:
         if daemon is not None and time.monotonic() - daemon.heartbeat > config.stall_after_s:
             return JSONResponse({"status": "learner loop silent"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "no snapshot yet, or records waiting and none learned"}})
     def readyz() -> Any:
         if snapshots.current is None:
             return JSONResponse({"status": "no snapshot yet"}, status_code=503)
@@ -204,7 +212,9 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
             return JSONResponse({"status": "stalled: records waiting, none learned"}, status_code=503)
         return {"status": "ready", "model_version": snapshots.current.info.version}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text exposition"}})
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
