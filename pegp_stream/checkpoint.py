@@ -42,6 +42,10 @@ class CheckpointStore:
         self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
 
+    @staticmethod
+    def sequence_of(path: Path) -> int:
+        return int(_NAME.match(path.name).group(1))
+
     def paths(self) -> list[Path]:
         """Existing checkpoint files, oldest first."""
         return sorted(p for p in self.directory.iterdir() if _NAME.match(p.name))

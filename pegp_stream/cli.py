@@ -68,6 +68,34 @@ def _run_daemon(config) -> int:
 
 
 @main.command()
+@click.option("--follow", "follow", required=True, type=click.Path(file_okay=False),
+              help="the learner's checkpoint directory to follow")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config (http.* keys)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
+@click.option("--poll", default=0.5, show_default=True, help="seconds between looks for a newer checkpoint")
+def serve(follow: str, config_path: str | None, overrides: tuple[str, ...], poll: float) -> None:
+    """A read-only serving replica: follows the learner's checkpoints and serves the same HTTP API; never learns."""
+    import signal
+
+    from .config import DaemonConfig, load
+    from .serving.app import HttpServer, create_app
+    from .serving.follow import CheckpointFollower
+
+    try:
+        config = load(DaemonConfig, config_path, os.environ, overrides)
+    except PegpError as exc:
+        _fail(exc)
+    follower = CheckpointFollower(follow, poll_s=poll)
+    server = HttpServer(create_app(config.http, follower.snapshots, limits=config.decode), config.http.host,
+                        config.http.port).start()
+    log.info("serving replica on %s, following %s", server.url, follow)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: follower.stop())
+    follower.run()
+    server.stop()
+
+
+@main.command()
 @click.option("--port", default=9092, show_default=True, help="port on 127.0.0.1")
 @click.option("--host", default="127.0.0.1", show_default=True)
 def broker(port: int, host: str) -> None:
