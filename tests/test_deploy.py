@@ -163,7 +163,7 @@ def test_compose_wiring():
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), f"{service} mounts missing {source}"
-    # the scrape targets are compose service names (serving replicas: pending `serve --follow`)
+    # the scrape targets are compose service names
     scrape = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"]
     learner_targets = next(job for job in scrape if job["job_name"] == "pegp-learner")["static_configs"][0]["targets"]
     assert learner_targets == ["learner:8080"]
@@ -238,13 +238,18 @@ def load_tree(tree: dict) -> DaemonConfig:
     return to_config(DaemonConfig, tree)
 
 
-def test_k8s_serving_is_marked_pending():
+def test_k8s_serving_replicas_follow_the_learner():
     docs = _manifests()
     by_kind = {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
     deployment = by_kind[("Deployment", "pegp-serving")]
     hpa = by_kind[("HorizontalPodAutoscaler", "pegp-serving")]
-    for doc in (deployment, hpa):
-        assert doc["metadata"]["annotations"]["pegp-stream/status"] == "pending-serve-follow"
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["serve", "--follow", "/var/lib/pegp-stream/checkpoints"]
+    from click.testing import CliRunner
+
+    from pegp_stream.cli import main
+
+    assert CliRunner().invoke(main, [args[0], "--help"]).exit_code == 0  # the command exists
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", "pegp-serving")
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
