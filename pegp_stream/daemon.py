@@ -27,6 +27,7 @@ from .config import DaemonConfig
 from .drift import BoundaryPolicy
 from .evaluate import PrequentialAccuracy
 from .learner import Learner, create_learner
+from .metrics import DurationHistogram
 from .serving.app import HttpServer, create_app
 from .serving.snapshot import SnapshotPublisher
 from .stream.dead_letter import DeadLetterSink
@@ -94,6 +95,7 @@ class Daemon:
         self.last_loss = float("nan")
         self.last_update_seconds = self.last_consolidation_seconds = 0.0
         self.snapshots = SnapshotPublisher()
+        self.update_durations = DurationHistogram()
         self.curve: deque = deque(maxlen=2000)  # (records learned, windowed, cumulative prequential accuracy)
         self._rate_window: deque = deque(maxlen=50)  # (monotonic time, records learned) for throughput
         self.http: HttpServer | None = None
@@ -202,6 +204,7 @@ class Daemon:
         started = time.perf_counter()
         out = self.learner.learn_many(images, labels)
         self.last_update_seconds = time.perf_counter() - started
+        self.update_durations.observe(self.last_update_seconds)
         self.last_loss = out.loss
         for row, reason in out.rejected.items():
             self._dead_letter(run[row].record, _LEARNER_REJECTIONS.get(reason, "rejected"), reason)

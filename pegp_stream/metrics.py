@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__
@@ -16,6 +16,31 @@ from . import __version__
 if TYPE_CHECKING:
     from .daemon import Daemon
     from .serving.snapshot import SnapshotPublisher
+
+
+UPDATE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class DurationHistogram:
+    """Cumulative bucket counts kept by the learner's thread and exposed at scrape time (no client-library
+    object on the hot path, no lock: the scrape reads a consistent-enough copy of a few integers)."""
+
+    def __init__(self, buckets: tuple[float, ...] = UPDATE_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        index = next((i for i, bound in enumerate(self.buckets) if seconds <= bound), len(self.buckets))
+        self.counts[index] += 1
+        self.total += seconds
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        cumulative, running = [], 0
+        for bound, count in zip((*map(str, self.buckets), "+Inf"), self.counts, strict=True):
+            running += count
+            cumulative.append((bound, running))
+        return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.total)
 
 
 class ServingMetrics:
@@ -63,8 +88,7 @@ class StateCollector(Collector):
         yield _gauge("pegp_consumer_lag_records", "Records in the topic not yet learned", "partition",
                      {str(p): lag for p, lag in daemon.cached_lag().items()})
         yield _gauge("pegp_last_update_loss", "Loss of the last learning step", None, {"": daemon.last_loss})
-        yield _gauge("pegp_last_update_duration_seconds", "Duration of the last learning step", None,
-                     {"": daemon.last_update_seconds})
+        yield daemon.update_durations.family("pegp_update_duration_seconds", "Duration of learning steps")
         yield _gauge("pegp_last_consolidation_duration_seconds", "Duration of the last consolidation", None,
                      {"": daemon.last_consolidation_seconds})
         checkpoint = daemon.last_checkpoint

@@ -132,9 +132,11 @@ def test_metrics_exposition_has_the_contract_series(served):
     for name in ("pegp_samples_consumed_total{partition=\"0\"}", "pegp_prequential_accuracy{window=\"cumulative\"}",
                  "pegp_consumer_lag_records{partition=\"0\"}", "pegp_model_version", "pegp_basis_rank{space=",
                  "pegp_boundaries_total{cause=\"marker\"} 4.0", "pegp_predict_requests_total{code=\"200\"}",
-                 "pegp_predict_duration_seconds_bucket", "pegp_build_info"):
+                 "pegp_predict_duration_seconds_bucket", "pegp_build_info",
+                 'pegp_update_duration_seconds_bucket{le="+Inf"}', "pegp_update_duration_seconds_count"):
         assert name in text, name
     assert f"pegp_samples_learned_total {float(daemon.stats.learned)}" in text
+    assert f"pegp_update_duration_seconds_count {float(daemon.learner.updates)}" in text
 
 
 def test_predictions_while_learning_never_fail_and_versions_never_go_back(tmp_path, digits_backbone):
