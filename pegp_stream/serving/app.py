@@ -203,10 +203,10 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
             return JSONResponse({"status": "learner loop silent"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "no snapshot yet, or records waiting and none learned"}})
+    @app.get("/readyz", responses={503: {"description": "no warmed snapshot yet, or records waiting, none learned"}})
     def readyz() -> Any:
-        if snapshots.current is None:
-            return JSONResponse({"status": "no snapshot yet"}, status_code=503)
+        if snapshots.current is None or not snapshots.current.warmed:
+            return JSONResponse({"status": "no warmed snapshot yet"}, status_code=503)
         if daemon is not None and any(daemon.cached_lag().values()) and \
                 time.monotonic() - daemon.last_learned_at > config.stall_after_s:
             return JSONResponse({"status": "stalled: records waiting, none learned"}, status_code=503)

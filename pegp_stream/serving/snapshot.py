@@ -38,6 +38,8 @@ class Predictor:
         self.input_size = learner.input_size
         self.input_config = learner.input_config
         self._autocast = learner._autocast
+        self.predict(torch.zeros(1, *self.input_size))  # warm-up: the first request pays no lazy init
+        self.warmed = True
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
