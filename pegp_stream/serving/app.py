@@ -3,8 +3,10 @@ requests, health, readiness and Prometheus metrics. Bad requests get a 4xx with 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Form, Header, HTTPException, Request, UploadFile
@@ -79,12 +81,12 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "; ".join(problems)[:2000]}, status_code=422)
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS)
-    def predict(body: PredictRequest) -> Any:
-        started = time.perf_counter()
-        code = 200
+    @contextlib.contextmanager
+    def counted() -> Iterator[None]:
+        """Count the request by its status code and time it."""
+        started, code = time.perf_counter(), 200
         try:
-            return _predict(body)
+            yield
         except HTTPException as exc:
             code = exc.status_code
             raise
@@ -92,12 +94,15 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
             serving.requests.labels(str(code)).inc()
             serving.duration.observe(time.perf_counter() - started)
 
+    @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS)
+    def predict(body: PredictRequest) -> Any:
+        with counted():
+            return _predict(body)
+
     @app.post("/v1/predict/files", response_model=PredictResponse, responses=ERRORS)
     def predict_files(files: list[UploadFile], top_k: int | None = Form(None, ge=1, le=100)) -> Any:
         """The same prediction for PNG/JPEG files sent as multipart/form-data (field name `files`)."""
-        started = time.perf_counter()
-        code = 200
-        try:
+        with counted():
             if len(files) > config.max_instances:
                 raise HTTPException(413, f"{len(files)} files; max_instances={config.max_instances}")
             images = []
@@ -107,12 +112,6 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
                 except DecodeError as exc:
                     raise HTTPException(400, f"files[{i}] ({upload.filename}): {exc}") from None
             return _answer(images, top_k)
-        except HTTPException as exc:
-            code = exc.status_code
-            raise
-        finally:
-            serving.requests.labels(str(code)).inc()
-            serving.duration.observe(time.perf_counter() - started)
 
     def _predict(body: PredictRequest) -> dict:
         if len(body.instances) > config.max_instances:
