@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import csv
 import io
 import tempfile
 import threading
@@ -30,6 +29,8 @@ from pegp_stream.demo import DEMO_BACKBONE
 from pegp_stream.stream.broker import EmbeddedBroker, free_port
 from pegp_stream.stream.produce import ProduceOptions, produce
 from pegp_stream.stream.replay import build_stream
+
+from .common import write_csv
 
 
 def hammer(url: str, body: dict, until, latencies: list, errors: list) -> None:
@@ -86,12 +87,7 @@ def main() -> None:
         ms = 1000 * np.array(latencies)
         rows.append({"phase": name, "requests": len(ms), "errors": len(errors), "p50_ms": np.percentile(ms, 50),
                      "p90_ms": np.percentile(ms, 90), "p99_ms": np.percentile(ms, 99)})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "bench_serving.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(Path(args.out) / "bench_serving.csv", rows, list(rows[0]))
     print(f"one-image predictions, {args.clients} clients, tiny ViT (32 px), {len(stream)} records learned in "
           f"{learning_seconds:.1f} s")
     print(f"{'phase':>15} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")

@@ -10,7 +10,6 @@ Kafka fetches, JSON + PNG decoding and checkpoints; the replay path starts from 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import tempfile
 import time
@@ -25,6 +24,8 @@ from pegp_stream.replay_run import replay
 from pegp_stream.stream.broker import EmbeddedBroker, free_port
 from pegp_stream.stream.produce import ProduceOptions, produce
 from pegp_stream.stream.replay import build_stream
+
+from .common import write_csv
 
 LEARNER = {"backbone": DEMO_BACKBONE, "pet": {"kind": "adapter"}, "precision": "fp32", "seed": 0}
 VIT_TINY_224 = {"name": "vit_tiny_patch16_224"}
@@ -78,12 +79,7 @@ def main() -> None:
                          "checkpoint_kib": brokered["checkpoint_bytes"] / 1024})
     for row in rows:
         row["ratio"] = row["broker_rps"] / row["replay_rps"]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "bench_stream.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(Path(args.out) / "bench_stream.csv", rows, list(rows[0]))
     model = "ViT-Tiny/16 at 224 px" if args.vit_tiny_224 else "tiny ViT (width 64, depth 2, 32 px)"
     print(f"end to end, digits stream of {rows[0]['records']} records, {model}, adapter, batch {args.batch_size}, "
           f"{args.threads} torch thread(s)")

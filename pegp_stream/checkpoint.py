@@ -53,7 +53,7 @@ class CheckpointStore:
     def save(self, state: dict[str, Any]) -> Path:
         """Write `state` durably as the next checkpoint and prune old ones; returns its path."""
         existing = self.paths()
-        sequence = int(_NAME.match(existing[-1].name).group(1)) + 1 if existing else 1
+        sequence = self.sequence_of(existing[-1]) + 1 if existing else 1
         path = self.directory / f"ckpt-{sequence:012d}.safetensors"
         partial = path.with_name(path.name + ".partial")
         with open(partial, "wb") as handle:
@@ -74,7 +74,7 @@ class CheckpointStore:
             except CheckpointError as exc:
                 log.error("checkpoint %s is corrupt, trying the previous one: %s", path, exc)
                 continue
-            return Checkpoint(path, int(_NAME.match(path.name).group(1)), state)
+            return Checkpoint(path, self.sequence_of(path), state)
         return None
 
 
