@@ -1,4 +1,4 @@
-"""Command line: `pegp-stream replay | pretrain` (the daemon commands join as they land)."""
+"""Command line: `pegp-stream run | serve | broker | produce | replay | eval | demo | pretrain`."""
 
 from __future__ import annotations
 
@@ -174,6 +174,33 @@ def replay(config_path: str | None, overrides: tuple[str, ...], out: str | None)
     click.echo(text)
     if out:
         Path(out).write_text(text + "\n", encoding="utf-8")
+
+
+@main.command("eval")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config file")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="folder for result.json, matrix.csv, curve.csv and the plots")
+@click.option("--plots/--no-plots", default=True, show_default=True, help="write PNG plots (needs matplotlib)")
+def evaluate(config_path: str | None, overrides: tuple[str, ...], out: str, plots: bool) -> None:
+    """Learn a stream once and evaluate held-out data of every seen segment at each true segment end:
+    accuracy matrix, average accuracy, forgetting, BWT, prequential accuracy, throughput."""
+    from .config import EvalConfig, load
+    from .eval_run import run_eval
+
+    try:
+        config = load(EvalConfig, config_path, os.environ, overrides)
+        result = run_eval(config, log=log.info)
+        result.write(out, plots=plots)
+    except PegpError as exc:
+        _fail(exc)
+    click.echo(json.dumps({
+        "name": result.name, "average_accuracy": round(result.average_accuracy, 4),
+        "forgetting": None if result.forgetting is None else round(result.forgetting, 4),
+        "backward_transfer": None if result.backward_transfer is None else round(result.backward_transfer, 4),
+        "prequential_accuracy": None if result.prequential_accuracy is None else round(result.prequential_accuracy, 4),
+        "records_per_second": round(result.records_per_second, 1), "learner_boundaries": len(result.learner_boundaries),
+        "out": out}, indent=2))
 
 
 @main.command()

@@ -108,7 +108,15 @@ class LoraConfig(PetConfig):
         return targets
 
 
+class NoPetConfig(PetConfig):
+    """No PET tensors: the backbone stays exactly as pretrained and only the head learns (the frozen-backbone
+    reference: a linear probe, or class means of frozen features with `head.kind: ncm`)."""
+
+    kind: Literal["none"] = "none"
+
+
 PET_CONFIGS: dict[str, type[PetConfig]] = {
+    "none": NoPetConfig,
     "prompt": PromptConfig,
     "prefix": PrefixConfig,
     "adapter": AdapterConfig,
@@ -378,3 +386,21 @@ class DaemonConfig(_Frozen):
         None, gt=0, description="stop (checkpointed) once caught up and idle this long; None = run until stopped"
     )
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line, with context")
+
+
+class EvalConfig(_Frozen):
+    """`pegp-stream eval`: a learner over a stream with held-out test data per segment, for the accuracy
+    matrix (pegp-method.md section 7). With `stream.markers` off the learner is told no boundary and relies
+    on `drift` (a detector); the runner still evaluates where each true segment's training data ends."""
+
+    name: str = Field("run", description="label of the run in reports")
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    stream: StreamConfig = Field(default_factory=StreamConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="boundary policy (markers follow stream)")
+    batch_size: Positive = Field(16, description="records per learning step")
+    test_limit_per_class: int | None = Field(None, ge=1, description="cap on held-out samples per class")
+    eval_batch_size: Positive = Field(256, description="rows per prediction batch when evaluating")
+    joint_epochs: int = Field(
+        0, ge=0, description="> 0: offline reference instead: all training data shuffled, this many epochs, no "
+        "boundaries, evaluated once at the end",
+    )

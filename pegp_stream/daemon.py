@@ -38,6 +38,7 @@ from .stream.source import KafkaSource
 log = logging.getLogger(__name__)
 _LEARNER_REJECTIONS = {"non-finite pixel values": "nonfinite_pixels", "non-finite loss": "nonfinite_loss"}
 STATE_FORMAT = 1
+BOUNDARY_HISTORY = 256  # boundary positions kept (for the status page); the counts per cause are kept in full
 
 
 @dataclass
@@ -49,7 +50,7 @@ class StreamStats:
     learned_digest: int = 0  # sum of per-record id hashes mod 2^64: exactly-once accounting
     dead_letters: Counter = field(default_factory=Counter)  # per reason
     boundaries: Counter = field(default_factory=Counter)  # per cause
-    boundary_positions: list[int] = field(default_factory=list)  # learned-record count at each boundary
+    boundary_positions: list[int] = field(default_factory=list)  # learned-record count at the last boundaries
 
     def state_dict(self) -> dict[str, Any]:
         return {"consumed": {str(k): v for k, v in self.consumed.items()}, "learned": self.learned,
@@ -237,7 +238,7 @@ class Daemon:
             poller.join()
         self.last_consolidation_seconds = time.perf_counter() - started
         self.stats.boundaries[cause] += 1
-        self.stats.boundary_positions.append(self.stats.learned)
+        self.stats.boundary_positions = [*self.stats.boundary_positions[1 - BOUNDARY_HISTORY:], self.stats.learned]
         self.policy.consolidated(cause)
         self.publish()
         log.info("boundary (%s) after %d records: ranks %s", cause, self.stats.learned,

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 @dataclass
 class PrequentialAccuracy:
     """Accuracy of the predictions made before each update: cumulative, over a sliding window of the
-    last `window` records, and per segment. Rows without a prediction (no class known yet) count as wrong,
-    since the model could not answer them."""
+    last `window` records, and per segment (the last `max_segments` segments: a long-running daemon's
+    state stays bounded). Rows without a prediction (no class known yet) count as wrong, since the model could
+    not answer them."""
 
     window: int = 500
+    max_segments: int = 256
     correct: int = 0
     total: int = 0
     recent: deque = field(default_factory=deque)
@@ -21,6 +23,8 @@ class PrequentialAccuracy:
 
     def update(self, predictions: Sequence[object], labels: Sequence[object], segment: int = 0) -> None:
         counts = self.per_segment.setdefault(segment, [0, 0])
+        while len(self.per_segment) > self.max_segments:
+            del self.per_segment[min(self.per_segment)]
         for predicted, label in zip(predictions, labels, strict=True):
             hit = int(predicted is not None and predicted == label)
             self.correct += hit

@@ -149,6 +149,9 @@ class Learner:
         return _Step(labels, per_sample, per_sample.mean(), dict(features))
 
     def _update(self, loss: torch.Tensor) -> None:
+        if not loss.requires_grad:  # nothing trained by gradient (no PET tensors, nearest-class-mean head)
+            self.updates += 1
+            return
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for space in self.spaces:

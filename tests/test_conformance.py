@@ -13,7 +13,7 @@ from pegp_stream.backbone import build_backbone
 from pegp_stream.config import BackboneConfig
 from pegp_stream.pet import paradigms
 
-PARADIGMS = paradigms()
+PARADIGMS = [kind for kind in paradigms() if kind != "none"]  # "none" trains no PET tensor (tests below)
 OPTIMIZERS = [{"name": "sgd", "lr": 0.05}, {"name": "adam", "lr": 0.01}]
 
 

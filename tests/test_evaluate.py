@@ -28,3 +28,11 @@ def test_prequential_counts_missing_predictions_as_wrong_and_round_trips():
     copy = PrequentialAccuracy()
     copy.load_state_dict(accuracy.state_dict())
     assert copy.state_dict() == accuracy.state_dict()
+
+
+def test_per_segment_accuracy_keeps_only_the_most_recent_segments():
+    accuracy = PrequentialAccuracy(max_segments=3)
+    for segment in range(10):
+        accuracy.update(["a"], ["a" if segment % 2 else "b"], segment=segment)
+    assert list(accuracy.segment_accuracy()) == [7, 8, 9]
+    assert accuracy.total == 10 and accuracy.correct == 5  # the totals still count every record

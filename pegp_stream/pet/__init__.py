@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from ..config import PET_CONFIGS, PetConfig, ProjectionConfig
 from ..errors import ConfigError
@@ -42,6 +43,7 @@ def attach(
     return _REGISTRY[config.kind](model, config, taps, projection)
 
 
+register_paradigm("none", lambda m, c, t, p: Attachment(modules=nn.ModuleDict(), spaces=[]))
 register_paradigm("prompt", lambda m, c, t, p: attach_prompt(m, c, t))
 register_paradigm("prefix", lambda m, c, t, p: attach_prefix(m, c, t, per_head=p.prefix_per_head))
 register_paradigm("adapter", lambda m, c, t, p: attach_adapter(m, c, t))

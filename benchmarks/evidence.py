@@ -1,0 +1,292 @@
+"""Evidence: accuracy and forgetting of every PET paradigm with and without PEGP on real streams, the
+references and the head variants, each over several seeds through `pegp_stream.eval_run` (what
+`pegp-stream eval` runs).
+
+    python -m benchmarks.evidence run    [--suites heads,s1,s2,refs] [--seeds 0,1,2] [--workers 2] [--quick]
+    python -m benchmarks.evidence report [--out DIR]
+
+Streams (pegp-method.md section 7 metrics; RESULTS.md says what was run):
+- S1: Split-MNIST (5 segments of 2 digits) then Split-Fashion-MNIST (5 of 2 classes); markers on.
+- S2: the same task-free: no markers, blurry boundaries (10%), boundaries from a drift detector.
+Every run's folder holds result.json, matrix.csv, curve.csv and its plots; `run` skips runs already
+done (a killed grid resumes), `report` aggregates mean and spread over seeds into summary.csv / summary.md
+and draws forgetting per paradigm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .common import PARADIGMS, format_table, write_csv
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = ROOT / "out" / "evidence"
+BACKBONE_FILE = ROOT / "assets" / "vit-cifar10-w128d6.safetensors"
+# The backbone pretrained on CIFAR-10 by `pegp-stream pretrain` (benchmarks/assets/README.md).
+BACKBONE = {"name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 6,
+            "num_heads": 4}
+QUICK_BACKBONE = {"name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2,
+                  "num_heads": 4}
+# pegp-method.md section 5: the head variants; "ncm" is the one the other suites use (chosen by the heads suite).
+HEADS: dict[str, dict[str, Any]] = {
+    "linear-protected": {"head": {"kind": "linear"}, "projection": {"protect_head": True}},
+    "linear-free": {"head": {"kind": "linear"}, "projection": {"protect_head": False}},
+    "linear-segment-mask": {"head": {"kind": "linear", "train_mask": "segment"}, "projection": {"protect_head": False}},
+    "linear-slow": {"head": {"kind": "linear", "lr_scale": 0.1}, "projection": {"protect_head": False}},
+    "ncm": {"head": {"kind": "ncm"}},
+}
+GRID_HEAD = "ncm"
+DETECTOR = {"kind": "page_hinkley"}  # S2: the prequential loss jumps when unseen classes arrive
+JOINT_EPOCHS = 3
+SUITES = ("heads", "s1", "s2", "refs")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One configuration on one seed: `config` is an EvalConfig mapping."""
+
+    suite: str
+    paradigm: str
+    variant: str
+    seed: int
+    config: dict = field(hash=False, compare=False)
+
+    @property
+    def key(self) -> str:
+        return f"{self.suite}/{self.paradigm}/{self.variant}"
+
+    def folder(self, out: Path) -> Path:
+        return out / self.suite / self.paradigm / self.variant / f"seed{self.seed}"
+
+
+def stream(task_free: bool, seed: int, quick: bool, limit: int) -> dict[str, Any]:
+    datasets = ["digits"] if quick else ["mnist", "fashion_mnist"]
+    config: dict[str, Any] = {"datasets": datasets, "classes_per_segment": 2, "limit_per_class": limit, "seed": seed}
+    if task_free:
+        config |= {"markers": False, "blurry": 0.1}
+    return config
+
+
+def learner(paradigm: str, projected: bool, head: str, seed: int, quick: bool, backbone: Path | None) -> dict:
+    spec = dict(QUICK_BACKBONE if quick else BACKBONE)
+    if backbone is not None:
+        spec["checkpoint_path"] = str(backbone)
+    config: dict[str, Any] = {"backbone": spec, "pet": {"kind": paradigm}, "precision": "fp32", "seed": seed,
+                              "projection": {"enabled": projected}}
+    for section, values in HEADS[head].items():
+        config[section] = {**config.get(section, {}), **values}
+    return config
+
+
+def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], quick: bool,
+         backbone: Path | None, limit: int, test_limit: int) -> list[Run]:
+    runs: list[Run] = []
+
+    def add(suite: str, paradigm: str, variant: str, seed: int, *, projected: bool, head: str = GRID_HEAD,
+            task_free: bool = False, **extra: Any) -> None:
+        config = {
+            "name": f"{suite}/{paradigm}/{variant}/seed{seed}",
+            "learner": learner(paradigm, projected, head, seed, quick, backbone),
+            "stream": stream(task_free, seed, quick, limit), "test_limit_per_class": test_limit,
+            "drift": {"detector": DETECTOR} if task_free else {}, **extra,
+        }
+        runs.append(Run(suite, paradigm, variant, seed, config))
+
+    for seed in seeds:
+        if "heads" in suites:
+            for head in HEADS:
+                add("heads", "adapter", head, seed, projected=True, head=head)
+        for suite in ("s1", "s2"):
+            if suite in suites:
+                for paradigm in paradigms:
+                    for projected in (False, True):
+                        add(suite, paradigm, "pegp" if projected else "plain", seed, projected=projected,
+                            task_free=suite == "s2")
+        if "refs" in suites:
+            add("refs", "none", "frozen-linear", seed, projected=False, head="linear-free")
+            add("refs", "none", "frozen-ncm", seed, projected=False, head="ncm")
+            for paradigm in paradigms:
+                add("refs", paradigm, f"joint-{JOINT_EPOCHS}ep", seed, projected=False, joint_epochs=JOINT_EPOCHS)
+    return runs
+
+
+def _execute(job: tuple[Run, Path, int]) -> tuple[str, float, str]:
+    """Worker: one run, in its own process (one torch thread pool per worker)."""
+    run, out, threads = job
+    import torch
+
+    from pegp_stream.config import EvalConfig, to_config
+    from pegp_stream.eval_run import run_eval
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    try:
+        result = run_eval(to_config(EvalConfig, run.config))
+        result.write(run.folder(out))
+    except Exception as exc:  # reported and left undone; the grid goes on
+        return run.config["name"], time.perf_counter() - started, f"failed: {exc!r}"
+    return run.config["name"], time.perf_counter() - started, (
+        f"A={result.average_accuracy:.3f} F={result.forgetting if result.forgetting is not None else float('nan'):.3f}"
+        f" boundaries={len(result.learner_boundaries)}")
+
+
+def run_grid(runs: Sequence[Run], out: Path, workers: int, threads: int) -> int:
+    todo = [r for r in runs if not (r.folder(out) / "result.json").exists()]
+    print(f"{len(runs)} runs planned, {len(runs) - len(todo)} already done, {len(todo)} to run", flush=True)
+    failures = 0
+    jobs = [(r, out, threads) for r in todo]
+    if workers <= 1:
+        results = map(_execute, jobs)
+    else:
+        pool = multiprocessing.get_context("spawn").Pool(workers, maxtasksperchild=1)
+        results = pool.imap_unordered(_execute, jobs)
+    for done, (name, seconds, outcome) in enumerate(results, 1):
+        failures += outcome.startswith("failed")
+        print(f"[{done}/{len(todo)}] {name}: {outcome} ({seconds:.0f} s)", flush=True)
+    if workers > 1:
+        pool.close()
+        pool.join()
+    return failures
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+COLUMNS = ["suite", "paradigm", "variant", "seeds", "avg_acc", "forgetting", "bwt", "prequential",
+           "boundaries", "rank_fill", "records_per_s"]
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(out: Path) -> list[dict[str, Any]]:
+    """One row per configuration: mean and sample standard deviation over its seeds."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for path in sorted(out.glob("*/*/*/seed*/result.json")):
+        suite, paradigm, variant = path.parts[-5:-2]
+        groups.setdefault((suite, paradigm, variant), []).append(json.loads(path.read_text()))
+    rows = []
+    for (suite, paradigm, variant), results in groups.items():
+        row: dict[str, Any] = {"suite": suite, "paradigm": paradigm, "variant": variant, "seeds": len(results)}
+        for column, key in (("avg_acc", "average_accuracy"), ("forgetting", "forgetting"),
+                            ("bwt", "backward_transfer"), ("prequential", "prequential_accuracy"),
+                            ("records_per_s", "records_per_second")):
+            row[f"{column}_mean"], row[f"{column}_std"] = _mean_std([r[key] for r in results])
+        row["boundaries_mean"], _ = _mean_std([len(r["learner_boundaries"]) for r in results])
+        fills = [sum(r["ranks"].values()) / max(1, sum(r["capacities"].values())) for r in results if r["capacities"]]
+        row["rank_fill_mean"] = statistics.fmean(fills) if fills else None
+        rows.append(row)
+    return rows
+
+
+def _pm(row: dict, column: str, digits: int = 3) -> str:
+    mean, std = row.get(f"{column}_mean"), row.get(f"{column}_std")
+    if mean is None or mean != mean:
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def markdown(rows: Sequence[dict]) -> str:
+    header = "| suite | paradigm | variant | seeds | avg acc | forgetting | BWT | prequential | boundaries | " \
+             "basis fill | rec/s |"
+    lines = [header, "|" + "---|" * 11]
+    for r in rows:
+        fill = "-" if r["rank_fill_mean"] is None else f"{r['rank_fill_mean']:.2f}"
+        lines.append(f"| {r['suite']} | {r['paradigm']} | {r['variant']} | {r['seeds']} | {_pm(r, 'avg_acc')} | "
+                     f"{_pm(r, 'forgetting')} | {_pm(r, 'bwt')} | {_pm(r, 'prequential')} | "
+                     f"{r['boundaries_mean']:.1f} | {fill} | {_pm(r, 'records_per_s', 0)} |")
+    return "\n".join(lines)
+
+
+def targets(rows: Sequence[dict]) -> list[dict[str, Any]]:
+    """Per suite and paradigm: forgetting ratio plain / PEGP (target >= 2) and accuracy change (target >= 0)."""
+    index = {(r["suite"], r["paradigm"], r["variant"]): r for r in rows}
+    checks = []
+    for (suite, paradigm, variant), pegp in index.items():
+        plain = index.get((suite, paradigm, "plain"))
+        if variant != "pegp" or plain is None:
+            continue
+        ratio = plain["forgetting_mean"] / pegp["forgetting_mean"] if pegp["forgetting_mean"] > 0 else float("inf")
+        delta = pegp["avg_acc_mean"] - plain["avg_acc_mean"]
+        checks.append({"suite": suite, "paradigm": paradigm, "forgetting_plain": plain["forgetting_mean"],
+                       "forgetting_pegp": pegp["forgetting_mean"], "ratio": ratio, "acc_delta": delta,
+                       "met": ratio >= 2 and delta >= 0})
+    return checks
+
+
+def report(out: Path) -> int:
+    from pegp_stream.eval_plots import plot_forgetting
+
+    rows = summarise(out)
+    if not rows:
+        print(f"no results under {out}", file=sys.stderr)
+        return 1
+    columns = ["suite", "paradigm", "variant", "seeds"] + [
+        f"{c}_{s}" for c in ("avg_acc", "forgetting", "bwt", "prequential", "records_per_s") for s in ("mean", "std")
+    ] + ["boundaries_mean", "rank_fill_mean"]
+    write_csv(out / "summary.csv", rows, columns)
+    checks = targets(rows)
+    write_csv(out / "targets.csv", checks, list(checks[0]) if checks else ["suite"])
+    (out / "summary.md").write_text(markdown(rows) + "\n", encoding="utf-8")
+    print(format_table([{c: r.get(c) for c in ("suite", "paradigm", "variant", "seeds", "avg_acc_mean",
+                                                "avg_acc_std", "forgetting_mean", "forgetting_std",
+                                                "boundaries_mean")} for r in rows],
+                       ["suite", "paradigm", "variant", "seeds", "avg_acc_mean", "avg_acc_std", "forgetting_mean",
+                        "forgetting_std", "boundaries_mean"]))
+    if checks:
+        print()
+        print(format_table(checks, list(checks[0])))
+    for suite in ("s1", "s2"):
+        chosen = [r for r in rows if r["suite"] == suite]
+        if chosen:
+            plot_forgetting(chosen, out / f"forgetting-{suite}.png", f"{suite.upper()}: forgetting per paradigm")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.evidence", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--suites", default=",".join(SUITES), help="comma-separated: " + ", ".join(SUITES))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--paradigms", default=",".join(PARADIGMS))
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--limit-per-class", type=int, default=300, help="training samples per class")
+    parser.add_argument("--test-limit-per-class", type=int, default=100, help="held-out samples per class")
+    parser.add_argument("--backbone", type=Path, default=None,
+                        help=f"pretrained backbone (default: {BACKBONE_FILE.relative_to(ROOT.parent)}; "
+                             "--quick: random init)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny random ViT on scikit-learn digits: checks the pipeline in seconds")
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        return report(args.out)
+    suites = [s for s in args.suites.split(",") if s]
+    unknown = set(suites) - set(SUITES)
+    if unknown:
+        parser.error(f"unknown suites {sorted(unknown)}")
+    backbone = args.backbone or (None if args.quick else BACKBONE_FILE)
+    if backbone is not None and not backbone.exists():
+        parser.error(f"backbone {backbone} not found (see benchmarks/assets/README.md to rebuild it)")
+    runs = plan(suites, [int(s) for s in args.seeds.split(",")], args.paradigms.split(","), args.quick, backbone,
+                args.limit_per_class, args.test_limit_per_class)
+    failures = run_grid(runs, args.out, args.workers, args.threads)
+    report(args.out)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Evaluate a learner configuration on a stream with held-out test data (pegp-method.md section 7).
+
+The learner sees the training stream once, in order, as the daemon would: prequential predictions, then a
+projected step. Boundaries reach it from segment markers, or, on a task-free stream (markers off), from the
+drift policy's detector. Independently of what the learner is told, the runner knows where each true
+segment's training data ends and evaluates the held-out test data of every segment seen so far there:
+row i of the accuracy matrix R is measured once segment i's last training sample has been learned.
+
+`joint_epochs > 0` gives the offline upper reference instead: all training samples shuffled together,
+several epochs, no boundaries, one evaluation at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import EvalConfig
+from .drift import BoundaryPolicy
+from .evaluate import PrequentialAccuracy, average_accuracy, backward_transfer, forgetting
+from .learner import Learner, create_learner
+from .replay_run import segment_batches
+from .stream.preprocess import to_model_input
+from .stream.replay import LabelledStream, StreamRecord, build_stream
+
+CURVE_EVERY = 100  # records between points of the prequential curve
+
+
+@dataclass
+class EvalResult:
+    """What one run measured. `matrix[i][j]`: accuracy on segment j's test data after training through
+    segment i (None above the diagonal: not yet seen); a joint run has a single row (after training)."""
+
+    name: str
+    config: dict
+    segments: int
+    matrix: list[list[float | None]]
+    average_accuracy: float
+    forgetting: float | None
+    backward_transfer: float | None
+    prequential_accuracy: float | None
+    curve: list[tuple[int, float, float]]  # (records, windowed, cumulative) prequential accuracy
+    true_boundaries: list[int]  # stream positions where a new segment's data starts
+    learner_boundaries: list[dict]  # {"position", "cause"} where the learner consolidated
+    ranks: dict[str, int]  # basis rank per protected space at the end
+    capacities: dict[str, int]  # the dimension each space's basis can reach (full: no plasticity left)
+    records: int
+    train_seconds: float
+    eval_seconds: float
+    test_samples: int
+    segment_labels: list[list[str]] = field(default_factory=list)
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / self.train_seconds if self.train_seconds else math.nan
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "records_per_second": round(self.records_per_second, 2)}
+
+    def write(self, out: str | Path, plots: bool = True) -> Path:
+        """result.json, matrix.csv, curve.csv and (with `plots`) heatmap.png and prequential.png in `out`."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps(self.as_dict(), indent=1) + "\n", encoding="utf-8")
+        header = ",".join(f"seg{j}" for j in range(self.segments))
+        rows = [",".join("" if v is None else f"{v:.4f}" for v in row) for row in self.matrix]
+        (out / "matrix.csv").write_text("\n".join([f"after,{header}", *(
+            f"{i},{row}" for i, row in zip(self.row_names(), rows, strict=True))]) + "\n", encoding="utf-8")
+        (out / "curve.csv").write_text("records,windowed,cumulative\n" + "".join(
+            f"{n},{w:.4f},{c:.4f}\n" for n, w, c in self.curve), encoding="utf-8")
+        if plots:
+            from .eval_plots import plot_heatmap, plot_prequential
+
+            plot_heatmap(self, out / "heatmap.png")
+            if self.curve:
+                plot_prequential(self, out / "prequential.png")
+        return out
+
+    def row_names(self) -> list[str]:
+        return ["joint"] if len(self.matrix) == 1 and self.segments > 1 else [str(i) for i in range(len(self.matrix))]
+
+
+def run_eval(
+    config: EvalConfig,
+    learner: Learner | None = None,
+    log: Callable[[str], None] | None = None,
+) -> EvalResult:
+    learner = learner or create_learner(config.learner)
+    train = build_stream(config.stream)
+    test = build_stream(config.stream.model_copy(update={
+        "split": "test", "blurry": 0.0, "limit_per_class": config.test_limit_per_class}))
+    tests = _test_sets(test, learner, config.eval_batch_size)
+    if config.joint_epochs:
+        return _run_joint(config, learner, train, tests, log)
+    return _run_online(config, learner, train, tests, log)
+
+
+# ------------------------------------------------------------------------------------------------ online
+
+
+def _run_online(config, learner, train, tests, log) -> EvalResult:
+    segments = len(tests)
+    remaining = np.bincount([item.segment for item in train.items], minlength=segments)
+    policy = BoundaryPolicy(config.drift.model_copy(update={"markers": config.stream.markers}))
+    prequential, curve = PrequentialAccuracy(), []
+    matrix: list[list[float | None]] = []
+    boundaries: list[dict] = []
+    true_boundaries = _true_boundaries(train)
+    train_seconds = eval_seconds = 0.0
+    spec = learner.input_config
+    records = 0
+    for batch in segment_batches(iter(train), config.batch_size, config.stream.markers):
+        started = time.perf_counter()
+        marker = batch[0].segment if config.stream.markers else None
+        cause = policy.before(marker)
+        if cause:
+            _consolidate(learner, policy, cause, records, boundaries)
+        images = to_model_input([r.image for r in batch], spec["input_size"], spec["mean"], spec["std"])
+        labels = [r.label for r in batch]
+        out = learner.learn_many(images, labels)
+        detected = None
+        for loss, features in zip(out.sample_losses, out.features, strict=True):
+            detected = policy.after(loss, features) or detected
+        records += len(batch)
+        if detected:
+            _consolidate(learner, policy, detected, records, boundaries)
+        train_seconds += time.perf_counter() - started
+        prequential.update(out.predictions, labels, segment=batch[0].segment)
+        if not curve or records - curve[-1][0] >= CURVE_EVERY:
+            curve.append((records, round(prequential.windowed, 4), round(prequential.cumulative, 4)))
+        for record in batch:
+            remaining[record.segment] -= 1
+        while len(matrix) < segments and remaining[len(matrix)] == 0:
+            started = time.perf_counter()
+            seen = len(matrix) + 1
+            matrix.append([_accuracy(learner, *tests[j]) for j in range(seen)] + [None] * (segments - seen))
+            eval_seconds += time.perf_counter() - started
+            if log:
+                log(f"{config.name}: after segment {seen - 1} ({records} records): "
+                    f"{' '.join(f'{v:.2f}' for v in matrix[-1][:seen])}")
+    curve.append((records, round(prequential.windowed, 4), round(prequential.cumulative, 4)))
+    square = [row[: i + 1] for i, row in enumerate(matrix)]
+    return EvalResult(
+        name=config.name, config=config.model_dump(mode="json"), segments=segments, matrix=matrix,
+        average_accuracy=average_accuracy(square), forgetting=forgetting(square),
+        backward_transfer=backward_transfer(square), prequential_accuracy=prequential.cumulative, curve=curve,
+        true_boundaries=true_boundaries, learner_boundaries=boundaries, ranks=learner.ranks,
+        capacities={space.name: space.capacity for space in learner.spaces}, records=records,
+        train_seconds=train_seconds, eval_seconds=eval_seconds, test_samples=sum(len(t[1]) for t in tests),
+        segment_labels=[sorted(set(labels)) for _, labels in tests],
+    )
+
+
+def _consolidate(learner: Learner, policy: BoundaryPolicy, cause: str, position: int, log: list[dict]) -> None:
+    learner.consolidate()
+    policy.consolidated(cause)
+    log.append({"position": position, "cause": cause})
+
+
+def _true_boundaries(stream: LabelledStream) -> list[int]:
+    """Positions where the next segment's first sample appears."""
+    first: dict[int, int] = {}
+    for item in stream.items:
+        first.setdefault(item.segment, item.position)
+    return [first[s] for s in sorted(first) if s > 0]
+
+
+# ------------------------------------------------------------------------------------------------ joint
+
+
+def _run_joint(config, learner, train, tests, log) -> EvalResult:
+    spec = learner.input_config
+    generator = np.random.default_rng(config.stream.seed)
+    started, records = time.perf_counter(), 0
+    for epoch in range(config.joint_epochs):
+        order = generator.permutation(len(train.items))
+        for start in range(0, len(order), config.batch_size):
+            batch = [train.record(train.items[i]) for i in order[start : start + config.batch_size]]
+            images = to_model_input([r.image for r in batch], spec["input_size"], spec["mean"], spec["std"])
+            learner.learn_many(images, [r.label for r in batch])
+            records += len(batch)
+        if log:
+            log(f"{config.name}: joint epoch {epoch + 1}/{config.joint_epochs} done")
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    row = [_accuracy(learner, *t) for t in tests]
+    return EvalResult(
+        name=config.name, config=config.model_dump(mode="json"), segments=len(tests), matrix=[row],
+        average_accuracy=sum(row) / len(row), forgetting=None, backward_transfer=None, prequential_accuracy=None,
+        curve=[], true_boundaries=[], learner_boundaries=[], ranks=learner.ranks,
+        capacities={space.name: space.capacity for space in learner.spaces}, records=records,
+        train_seconds=train_seconds, eval_seconds=time.perf_counter() - started,
+        test_samples=sum(len(t[1]) for t in tests), segment_labels=[sorted(set(labels)) for _, labels in tests],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ test data
+
+
+def _test_sets(test: LabelledStream, learner: Learner, batch_size: int) -> list[tuple[list[torch.Tensor], list[str]]]:
+    """Per segment: the test images as model-input batches (prepared once) and their labels."""
+    spec = learner.input_config
+    by_segment: dict[int, list[StreamRecord]] = {}
+    for record in test:
+        by_segment.setdefault(record.segment, []).append(record)
+    sets = []
+    for segment in sorted(by_segment):
+        records = by_segment[segment]
+        batches = [
+            to_model_input([r.image for r in records[i : i + batch_size]], spec["input_size"], spec["mean"],
+                           spec["std"])
+            for i in range(0, len(records), batch_size)
+        ]
+        sets.append((batches, [r.label for r in records]))
+    return sets
+
+
+def _accuracy(learner: Learner, batches: Sequence[torch.Tensor], labels: Sequence[str]) -> float:
+    predicted: list = []
+    for images in batches:
+        predicted += learner.predict_many(images).labels
+    return sum(p == y for p, y in zip(predicted, labels, strict=True)) / len(labels)
