@@ -5,7 +5,9 @@
     python -m benchmarks.bench_core step-bound      [--quick] [--out DIR]
 
 Each subcommand prints a table, writes `<name>.csv` (and a PNG) to `--out`; `--quick` runs a tiny model
-(depth 2, width 64, 32 px) in seconds, for smoke tests. See benchmarks/README.md for what each measures.
+(depth 2, width 64, 32 px) in seconds, for smoke tests. projection-cost and step-bound also take
+`--model` (a timm ViT name) and `--device cuda` (benchmarks/gpu.sh). See benchmarks/README.md for what each
+measures.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import basis_refresh, projection_cost, step_bound
-from .common import PARADIGMS, load_average
+from .common import DEFAULT_MODEL, PARADIGMS, load_average, parse_device
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 SUBCOMMANDS = {
@@ -45,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         if module is not basis_refresh:
             sub.add_argument("--img-size", type=int, default=None, help="backbone img_size (default 224; quick 32)")
             sub.add_argument("--batch", type=int, default=None, help="batch size (default 16; quick 4)")
+            sub.add_argument("--model", default=DEFAULT_MODEL,
+                             help="timm ViT name, random init (default %(default)s; --quick ignores it)")
+            sub.add_argument("--device", type=parse_device, default="cpu",
+                             help="cpu, cuda, cuda:N or auto (default %(default)s); on CUDA the timers "
+                             "synchronize the device")
             sub.add_argument("--paradigms", type=_paradigms, default=list(PARADIGMS),
                              help="comma-separated PET kinds (default: all four)")
         module.add_arguments(sub)

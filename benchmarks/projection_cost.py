@@ -6,12 +6,19 @@ variant takes one `learn_many` step per round, rounds interleaved (see common.py
 projecting learner is instrumented (its spaces' methods wrapped with clocks, nothing in pegp_stream
 changed) for a per-component breakdown of where the projection's time goes; `--profile` adds a
 torch.profiler op table.
+
+On CUDA (`--device cuda`) every timer reading follows a device synchronize, and each row also gets the
+variant's memory: `resident_mib` (what its learner keeps on the GPU between steps) and `peak_mem_mib`
+(resident plus the largest rise of torch.cuda.max_memory_allocated within one of its steps, peak stats
+reset before each step): the peak the configuration would reach alone, although both variants of a
+paradigm share the GPU while they are timed side by side. benchmarks/gpu.sh runs this on ViT-B/16.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -25,15 +32,19 @@ from .common import (
     ATTENTION,
     LearnerFeed,
     ModelSize,
+    StepClock,
+    device_name,
     interleaved,
     learner_config,
     machine_line,
     median,
+    mib,
     model_size,
     paired_ratio,
     progress,
     pyplot,
     report,
+    step_clock,
     synthetic_batches,
     write_csv,
 )
@@ -42,7 +53,7 @@ TARGET_OVERHEAD_PCT = 3.0
 COLUMNS = [
     "paradigm", "variant", "max_tokens_per_sample", "precision", "attention", "optimizer", "model", "batch", "rounds",
     "step_ms", "samples_per_s", "throughput_ratio", "overhead_pct", "overhead_q1_pct", "overhead_q3_pct",
-    "attributed_pct", "total_rank", "rejected_rows", "target_met",
+    "attributed_pct", "total_rank", "rejected_rows", "target_met", "device", "resident_mib", "peak_mem_mib",
 ]
 ALL_WORK = "all projection work"
 BREAKDOWN_COLUMNS = ["paradigm", "variant", "component", "ms_per_step", "pct_of_step", "calls_per_step"]
@@ -58,38 +69,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="adam also projects the applied update (ProjectAppliedUpdate)")
     parser.add_argument("--breakdown-steps", type=int, default=None, help="instrumented steps per variant")
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler op table per paradigm")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per variant before the rounds")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="cap on the timed rounds of all paradigms together, split evenly; a paradigm stops "
+                        "after the round that exhausts its share (at least 3 rounds; the rounds column says "
+                        "how many ran)")
 
 
 def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
-    size = model_size(args.quick, args.img_size, args.batch)
+    size = model_size(args.quick, args.img_size, args.batch, args.model)
     rounds = args.rounds or (2 if args.quick else 8)
     limits = args.token_limits if args.token_limits is not None else ([5] if args.quick else [65, 17])
     steps = args.breakdown_steps or (1 if args.quick else 3)
-    segment, batches = synthetic_batches(size, 1, seed=1), synthetic_batches(size, 4, seed=2)
+    budget = args.time_budget / len(args.paradigms) if args.time_budget is not None else None
+    segment = synthetic_batches(size, 1, seed=1, device=args.device)
+    batches = synthetic_batches(size, 4, seed=2, device=args.device)
     rows, breakdown, profiles = [], [], []
     for kind in args.paradigms:
-        feeds = _prepared_variants(size, kind, limits, args, segment, batches)
-        times = interleaved({name: feed.step for name, (_, feed) in feeds.items()}, rounds, warmup=1)
-        for name, (limit, feed) in feeds.items():
-            row = _summary_row(kind, name, limit, feed, times[name], times["off"], size, rounds, args)
-            if name != "off":  # after the timed rounds: instrumenting wraps the learner's methods for good
-                parts = _component_breakdown(kind, name, feed, steps)
-                row["attributed_pct"] = next(p["pct_of_step"] for p in parts if p["component"] == ALL_WORK)
-                breakdown += parts
-            rows.append(row)
-        if args.profile:
-            profiles.append(_profile_table(kind, feeds))
-        progress(f"{kind}: done")
-    header = [f"model: {size.describe()}, {args.precision}, {args.attention} attention, {args.optimizer}; "
-              "random-init weights, "
+        paradigm_rows, parts, profile = _time_paradigm(kind, size, limits, args, segment, batches, rounds, budget,
+                                                       steps)
+        rows += paradigm_rows
+        breakdown += parts
+        profiles += [profile] if profile else []
+        gc.collect()  # the instrumented learners hold reference cycles; free their GPU memory before the next
+        progress(f"{kind}: done, {paradigm_rows[0]['rounds']} rounds")
+    cuda = args.device.type == "cuda"
+    header = [f"model: {size.describe()}, {args.precision}, {args.attention} attention, {args.optimizer}, "
+              f"device {device_name(args.device)}; random-init weights, "
               "synthetic N(0,1) images; bases grown from a one-batch segment before timing",
               machine_line(args),
-              f"{rounds} interleaved rounds of one learn_many step per variant; ratios are medians of per-round "
-              f"pairs with 'off'; target: overhead <= {TARGET_OVERHEAD_PCT:.0f}% for 'on'",
+              f"up to {rounds} interleaved rounds of one learn_many step per variant, after {args.warmup + 1} "
+              f"warm-up step(s) each{_budget_note(args)}; ratios are medians of per-round pairs with 'off'; "
+              f"target: overhead <= {TARGET_OVERHEAD_PCT:.0f}% for 'on'",
               f"attributed_pct: time inside the projection calls (covariance, subsample, projections) over "
               f"{steps} instrumented steps, as % of those steps (the breakdown table below)"]
-    shown = ["paradigm", "variant", "step_ms", "samples_per_s", "throughput_ratio", "overhead_pct",
-             "overhead_q1_pct", "overhead_q3_pct", "attributed_pct", "total_rank", "target_met"]
+    if cuda:
+        header.append("timers read after torch.cuda.synchronize; peak_mem_mib = the learner's resident memory + "
+                      "the largest torch.cuda.max_memory_allocated rise within one of its steps (input "
+                      "batches excluded: they sit on the GPU before timing)")
+    shown = ["paradigm", "variant", "rounds", "step_ms", "samples_per_s", "throughput_ratio", "overhead_pct",
+             "overhead_q1_pct", "overhead_q3_pct", "attributed_pct", "total_rank", "target_met",
+             *(["peak_mem_mib"] if cuda else [])]
     print(report("projection-cost: learn throughput, projection on vs off", header, rows, shown))
     print(report("projection-cost breakdown: instrumented steps of the projecting learners",
                  ["component times are summed over the wrapped pegp_stream calls; pct is of the same steps' "
@@ -102,8 +122,34 @@ def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _time_paradigm(
+    kind: str, size: ModelSize, limits: list[int], args: argparse.Namespace, segment: list, batches: list,
+    rounds: int, budget: float | None, steps: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], str | None]:
+    """One paradigm's variants: built, timed side by side, then instrumented. Returns the summary rows,
+    the breakdown rows and the profile table (None without --profile)."""
+    clock = step_clock(args.device)
+    feeds = _prepared_variants(size, kind, limits, args, segment, batches, clock)
+    times = interleaved({name: feed.step for name, (_, feed) in feeds.items()}, rounds, warmup=args.warmup,
+                        clock=clock, budget_s=budget)
+    rows, breakdown = [], []
+    for name, (limit, feed) in feeds.items():
+        row = _summary_row(kind, name, limit, feed, times[name], times["off"], size, args)
+        if feed.resident_bytes is not None:
+            row["resident_mib"] = mib(feed.resident_bytes)
+            row["peak_mem_mib"] = mib(feed.resident_bytes + clock.peak_bytes[name])
+        if name != "off":  # after the timed rounds: instrumenting wraps the learner's methods for good
+            parts = _component_breakdown(kind, name, feed, steps, step_clock(args.device))
+            row["attributed_pct"] = next(p["pct_of_step"] for p in parts if p["component"] == ALL_WORK)
+            breakdown += parts
+        rows.append(row)
+    profile = _profile_table(kind, feeds, args.device.type == "cuda") if args.profile else None
+    return rows, breakdown, profile
+
+
 def _prepared_variants(
-    size: ModelSize, kind: str, limits: list[int], args: argparse.Namespace, segment: list, batches: list
+    size: ModelSize, kind: str, limits: list[int], args: argparse.Namespace, segment: list, batches: list,
+    clock: StepClock,
 ) -> dict[str, tuple[int | None, LearnerFeed]]:
     """off, on, and on with each token limit: built, segment learned and consolidated."""
     variants: dict[str, tuple[bool, int | None]] = {"off": (False, None), "on": (True, None)}
@@ -111,41 +157,53 @@ def _prepared_variants(
     feeds = {}
     for name, (enabled, limit) in variants.items():
         config = learner_config(size, kind, projection=enabled, max_tokens=limit, precision=args.precision,
-                                optimizer=args.optimizer, seed=args.seed)
-        feeds[name] = (limit, LearnerFeed.prepared(config, segment, batches, attention=args.attention))
+                                optimizer=args.optimizer, seed=args.seed, device=args.device)
+        feeds[name] = (limit, LearnerFeed.prepared(config, segment, batches, attention=args.attention, clock=clock))
     return feeds
 
 
 def _summary_row(
     kind: str, name: str, limit: int | None, feed: LearnerFeed, times: list[float], off_times: list[float],
-    size: ModelSize, rounds: int, args: argparse.Namespace,
+    size: ModelSize, args: argparse.Namespace,
 ) -> dict[str, Any]:
     ratio, q1, q3 = paired_ratio(times, off_times)  # step-time ratio variant / off, per round
     step = median(times)
     return {
         "paradigm": kind, "variant": name, "max_tokens_per_sample": limit, "precision": args.precision,
         "attention": args.attention, "optimizer": args.optimizer, "model": size.describe(), "batch": size.batch,
-        "rounds": rounds,
+        "rounds": len(times),
         "step_ms": step * 1e3, "samples_per_s": size.batch / step, "throughput_ratio": 1.0 / ratio,
         "overhead_pct": (ratio - 1.0) * 100, "overhead_q1_pct": (q1 - 1.0) * 100,
         "overhead_q3_pct": (q3 - 1.0) * 100, "total_rank": feed.total_rank, "rejected_rows": feed.rejected,
         "target_met": "-" if name == "off" else _yes((ratio - 1.0) * 100 <= TARGET_OVERHEAD_PCT),
+        "device": device_name(args.device),
     }
 
 
-class ComponentClock:
-    """Accumulates wall time and call counts per component over wrapped callables."""
+def _budget_note(args: argparse.Namespace) -> str:
+    if args.time_budget is None:
+        return ""
+    return f", timed rounds capped at {args.time_budget:.0f} s over all paradigms"
 
-    def __init__(self) -> None:
+
+class ComponentClock:
+    """Accumulates wall time and call counts per component over wrapped callables. `synchronize` runs
+    before each timer reading (on CUDA: so a component is charged for its kernels, not only their launch;
+    this serialises the instrumented steps, which is why they are not the timed rounds)."""
+
+    def __init__(self, synchronize: Callable[[], None] = lambda: None) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.synchronize = synchronize
 
     def wrap(self, component: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
+            self.synchronize()
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                self.synchronize()
                 self.seconds[component] += time.perf_counter() - start
                 self.calls[component] += 1
 
@@ -157,15 +215,19 @@ class ComponentClock:
         @contextlib.contextmanager
         def timed() -> Iterator[None]:
             manager = factory()
+            self.synchronize()
             start = time.perf_counter()
             manager.__enter__()
+            self.synchronize()
             self.seconds[component] += time.perf_counter() - start
             self.calls[component] += 1
             try:
                 yield
             finally:
+                self.synchronize()
                 start = time.perf_counter()
                 manager.__exit__(None, None, None)
+                self.synchronize()
                 self.seconds[component] += time.perf_counter() - start
 
         return timed
@@ -191,15 +253,12 @@ def instrument(learner: Learner, clock: ComponentClock) -> None:
     update.around_step = clock.wrap_context("applied-update copy + projection", update.around_step)
 
 
-def _component_breakdown(kind: str, name: str, feed: LearnerFeed, steps: int) -> list[dict[str, Any]]:
-    clock = ComponentClock()
+def _component_breakdown(
+    kind: str, name: str, feed: LearnerFeed, steps: int, step_timer: StepClock
+) -> list[dict[str, Any]]:
+    clock = ComponentClock(step_timer.synchronize)
     instrument(feed.learner, clock)
-    walls = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        feed.step()
-        walls.append(time.perf_counter() - start)
-    step = median(walls)
+    step = median([step_timer.time(name, feed.step) for _ in range(steps)])
     rows = [{"paradigm": kind, "variant": name, "component": component, "ms_per_step": seconds / steps * 1e3,
              "pct_of_step": seconds / steps / step * 100, "calls_per_step": clock.calls[component] // steps}
             for component, seconds in sorted(clock.seconds.items())]
@@ -211,13 +270,14 @@ def _component_breakdown(kind: str, name: str, feed: LearnerFeed, steps: int) ->
     return rows
 
 
-def _profile_table(kind: str, feeds: dict[str, tuple[int | None, LearnerFeed]]) -> str:
+def _profile_table(kind: str, feeds: dict[str, tuple[int | None, LearnerFeed]], cuda: bool) -> str:
     from torch.profiler import ProfilerActivity, profile
 
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     parts = []
     for name in ("off", "on"):
         feed = feeds[name][1]
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=activities) as prof:
             for _ in range(2):
                 feed.step()
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)

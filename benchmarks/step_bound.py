@@ -3,7 +3,8 @@
 The floor is the bare frozen backbone (same timm model, same weights seed, no PET wrappers) doing a
 forward and an input-gradient backward on the same batch: images.requires_grad_(True), cross-entropy of
 the pooled feature through a fixed random linear map, .backward(); no parameter gradients. bf16 runs the
-forward under torch.autocast("cpu", dtype=torch.bfloat16), as the learner does.
+forward under torch.autocast(device, dtype=torch.bfloat16), as the learner does. With `--device cuda`
+floor and learners run on the GPU and the timers synchronize the device.
 
 The learners are the shipped defaults (projection on, SGD) with non-empty bases (one segment learned and
 consolidated first). Every floor and learner, in every mode, takes one step per round, interleaved.
@@ -31,6 +32,7 @@ from .common import (
     CLASSES,
     LearnerFeed,
     ModelSize,
+    device_name,
     interleaved,
     learner_config,
     machine_line,
@@ -41,6 +43,7 @@ from .common import (
     pyplot,
     report,
     set_attention,
+    step_clock,
     synthetic_batches,
     write_csv,
 )
@@ -63,13 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 class BackboneFloor:
     """The bare frozen backbone's forward plus input-gradient backward on a batch."""
 
-    def __init__(self, size: ModelSize, precision: str, attention: str, batches: list, seed: int) -> None:
+    def __init__(
+        self, size: ModelSize, precision: str, attention: str, batches: list, seed: int, device: torch.device
+    ) -> None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.model = build_backbone(BackboneConfig.model_validate(size.backbone))
+            self.model = build_backbone(BackboneConfig.model_validate(size.backbone)).to(device)
         set_attention(self.model, attention)
         generator = torch.Generator().manual_seed(seed)
-        self.classifier = torch.randn(CLASSES, self.model.num_features, generator=generator) * 0.02
+        self.classifier = (torch.randn(CLASSES, self.model.num_features, generator=generator) * 0.02).to(device)
+        self.device = device
         self.bf16 = precision == "bf16"
         self.batches = batches
         self.position = 0
@@ -79,28 +85,31 @@ class BackboneFloor:
         images, labels = self.batches[self.position % len(self.batches)]
         self.position += 1
         images = images.detach().clone().requires_grad_(True)
-        targets = torch.tensor(labels, dtype=torch.int64)
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        targets = torch.tensor(labels, dtype=torch.int64, device=self.device)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with autocast:
             pooled = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
         F.cross_entropy(pooled.float() @ self.classifier.T, targets).backward()
 
 
 def run(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
-    size = model_size(args.quick, args.img_size, args.batch)
+    size = model_size(args.quick, args.img_size, args.batch, args.model)
     rounds = args.rounds or (2 if args.quick else 8)
-    segment, batches = synthetic_batches(size, 1, seed=1), synthetic_batches(size, 4, seed=2)
+    segment = synthetic_batches(size, 1, seed=1, device=args.device)
+    batches = synthetic_batches(size, 4, seed=2, device=args.device)
     steppers: dict[tuple[str, str], Any] = {}
     for mode in args.modes:
         precision, attention = mode.split("/")
-        steppers[mode, "floor"] = BackboneFloor(size, precision, attention, batches, args.seed)
+        steppers[mode, "floor"] = BackboneFloor(size, precision, attention, batches, args.seed, args.device)
         for kind in args.paradigms:
-            config = learner_config(size, kind, precision=precision, seed=args.seed)
+            config = learner_config(size, kind, precision=precision, seed=args.seed, device=args.device)
             steppers[mode, kind] = LearnerFeed.prepared(config, segment, batches, attention=attention)
     progress(f"{len(steppers)} variants prepared; timing")
-    times = interleaved({f"{m} {v}": s.step for (m, v), s in steppers.items()}, rounds, warmup=1)
+    times = interleaved({f"{m} {v}": s.step for (m, v), s in steppers.items()}, rounds, warmup=1,
+                        clock=step_clock(args.device))
     rows = [_row(m, v, s, times, size, rounds) for (m, v), s in steppers.items()]
-    header = [f"model: {size.describe()}; random-init weights, synthetic N(0,1) images",
+    header = [f"model: {size.describe()}, device {device_name(args.device)}; random-init weights, "
+              "synthetic N(0,1) images",
               "floor = bare frozen backbone forward + input-gradient backward (no PET, no parameter grads), same "
               "precision and attention as the mode's learners; learners: projection on, SGD, bases non-empty",
               "attention: sdpa = timm default (fused F.scaled_dot_product_attention), eager = explicit matmuls",

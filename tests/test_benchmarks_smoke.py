@@ -1,9 +1,14 @@
 """Smoke tests of benchmarks/bench_core.py: each subcommand runs with --quick and writes the CSV it
-promises (expected columns, one row per variant). No timing is asserted: the machines are shared."""
+promises (expected columns, one row per variant); benchmarks/gpu.sh runs its --cpu-check path. No timing
+is asserted: the machines are shared."""
 
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +17,13 @@ import torch
 from benchmarks import bench_core
 from benchmarks.basis_refresh import COLUMNS as BASIS_COLUMNS
 from benchmarks.basis_refresh import SWEEP, SWEEP_COLUMNS
-from benchmarks.common import PARADIGMS
+from benchmarks.common import PARADIGMS, interleaved
 from benchmarks.projection_cost import BREAKDOWN_COLUMNS
 from benchmarks.projection_cost import COLUMNS as PROJECTION_COLUMNS
 from benchmarks.step_bound import COLUMNS as STEP_COLUMNS
 from benchmarks.step_bound import MODES, REFERENCE_MODE
+
+GPU_SH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
 
 
 def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -95,3 +102,50 @@ def test_step_bound_modes_option(tmp_path: Path) -> None:
 def test_unknown_paradigm_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         bench_core.main(["step-bound", "--quick", "--out", str(tmp_path), "--paradigms", "bogus"])
+
+
+def test_interleaved_stops_at_the_time_budget() -> None:
+    calls: list[str] = []
+    times = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=50, warmup=1,
+                        budget_s=0.0, min_rounds=3)
+    assert [len(t) for t in times.values()] == [3, 3]  # whole rounds, never fewer than min_rounds
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then the order rotates each round
+
+
+
+def _gpu_sh(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if k != "GPU_SH_CPU_CHECK"}
+    return subprocess.run(["bash", str(GPU_SH), "--out", str(out), *args], capture_output=True, text=True,
+                          env={**environment, "PYTHON": sys.executable, **env}, timeout=300, check=False)
+
+
+def _check_gpu_sh_output(done: subprocess.CompletedProcess[str], out: Path, paradigms: tuple[str, ...]) -> None:
+    assert done.returncode == 0, done.stderr
+    expected = [(p, v) for p in paradigms for v in ("off", "on")]
+    columns, rows = _read(out / "projection_cost.csv")
+    assert columns == PROJECTION_COLUMNS
+    assert [(r["paradigm"], r["variant"]) for r in rows] == expected
+    assert {(r["precision"], r["attention"], r["device"]) for r in rows} == {("bf16", "sdpa", "cpu")}
+    assert all(int(r["total_rank"]) > 0 for r in rows if r["variant"] == "on")
+    table = done.stdout.split("projection-cost: learn throughput")[1].split("projection-cost breakdown")[0]
+    lines = [line for line in table.splitlines() if line.strip()]
+    assert [tuple(line.split()[:2]) for line in lines[-len(expected):]] == expected
+    assert "torch " in done.stdout and "gpu.sh: finished" in done.stdout
+
+
+def test_gpu_sh_cpu_check(tmp_path: Path) -> None:
+    done = _gpu_sh(tmp_path, "--cpu-check")
+    _check_gpu_sh_output(done, tmp_path, PARADIGMS)  # all 8 configs: 4 paradigms x projection off/on
+
+
+def test_gpu_sh_cpu_check_from_env_passes_extra_options(tmp_path: Path) -> None:
+    done = _gpu_sh(tmp_path, "--paradigms", "lora", GPU_SH_CPU_CHECK="1")
+    _check_gpu_sh_output(done, tmp_path, ("lora",))
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None or torch.cuda.is_available(), reason="a GPU is present")
+def test_gpu_sh_without_gpu_refuses(tmp_path: Path) -> None:
+    done = _gpu_sh(tmp_path)
+    assert done.returncode != 0
+    assert "no GPU" in done.stderr and "--cpu-check" in done.stderr
+    assert not (tmp_path / "projection_cost.csv").exists()
