@@ -45,8 +45,13 @@ HEADS: dict[str, dict[str, Any]] = {
     "ncm": {"head": {"kind": "ncm"}},
 }
 GRID_HEAD = "ncm"
+# SGD learning rate per paradigm, set so one step moves each paradigm's tensors by a similar amount: on the
+# same batches a prefix moves ~150x and a prompt ~30x less than an adapter at equal lr (measured on digits),
+# and at lr 0.01 adapters and LoRA wrecked the backbone's features with or without projection (RESULTS.md).
+LEARNING_RATES = {"none": 0.001, "prompt": 0.01, "prefix": 0.1, "adapter": 0.001, "lora": 0.001}
 DETECTOR = {"kind": "page_hinkley"}  # S2: the prequential loss jumps when unseen classes arrive
 JOINT_EPOCHS = 3
+JOINT_LINEAR_HEAD_LR = 0.01  # the joint reference's linear head (the PET keeps its paradigm's rate)
 SUITES = ("heads", "s1", "s2", "refs")
 
 
@@ -70,7 +75,8 @@ class Run:
 
 def stream(task_free: bool, seed: int, quick: bool, limit: int) -> dict[str, Any]:
     datasets = ["digits"] if quick else ["mnist", "fashion_mnist"]
-    config: dict[str, Any] = {"datasets": datasets, "classes_per_segment": 2, "limit_per_class": limit, "seed": seed}
+    config: dict[str, Any] = {"datasets": datasets, "classes_per_segment": 2, "limit_per_class": limit or None,
+                              "seed": seed}
     if task_free:
         config |= {"markers": False, "blurry": 0.1}
     return config
@@ -81,25 +87,33 @@ def learner(paradigm: str, projected: bool, head: str, seed: int, quick: bool, b
     if backbone is not None:
         spec["checkpoint_path"] = str(backbone)
     config: dict[str, Any] = {"backbone": spec, "pet": {"kind": paradigm}, "precision": "fp32", "seed": seed,
-                              "projection": {"enabled": projected}}
+                              "projection": {"enabled": projected},
+                              "optimizer": {"name": "sgd", "lr": LEARNING_RATES[paradigm]}}
     for section, values in HEADS[head].items():
         config[section] = {**config.get(section, {}), **values}
     return config
 
 
 def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], quick: bool,
-         backbone: Path | None, limit: int, test_limit: int) -> list[Run]:
+         backbone: Path | None, limit: int, test_limit: int, overrides: Sequence[str] = ()) -> list[Run]:
+    """Every run of the chosen suites; `overrides` ("learner.optimizer.lr=0.001") apply to every run."""
+    from pegp_stream.config import merge_tree, parse_overrides
+
+    common = parse_overrides(overrides)
     runs: list[Run] = []
 
     def add(suite: str, paradigm: str, variant: str, seed: int, *, projected: bool, head: str = GRID_HEAD,
-            task_free: bool = False, **extra: Any) -> None:
+            task_free: bool = False, head_lr: float | None = None, **extra: Any) -> None:
+        spec = learner(paradigm, projected, head, seed, quick, backbone)
+        if head_lr is not None:
+            spec["head"]["lr_scale"] = head_lr / LEARNING_RATES[paradigm]
         config = {
             "name": f"{suite}/{paradigm}/{variant}/seed{seed}",
-            "learner": learner(paradigm, projected, head, seed, quick, backbone),
+            "learner": spec,
             "stream": stream(task_free, seed, quick, limit), "test_limit_per_class": test_limit,
             "drift": {"detector": DETECTOR} if task_free else {}, **extra,
         }
-        runs.append(Run(suite, paradigm, variant, seed, config))
+        runs.append(Run(suite, paradigm, variant, seed, merge_tree(config, common)))
 
     for seed in seeds:
         if "heads" in suites:
@@ -116,6 +130,9 @@ def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], 
             add("refs", "none", "frozen-ncm", seed, projected=False, head="ncm")
             for paradigm in paradigms:
                 add("refs", paradigm, f"joint-{JOINT_EPOCHS}ep", seed, projected=False, joint_epochs=JOINT_EPOCHS)
+            for paradigm in paradigms:  # offline with a linear head (all classes present: no incremental bias)
+                add("refs", paradigm, f"joint-linear-{JOINT_EPOCHS}ep", seed, projected=False, head="linear-free",
+                    joint_epochs=JOINT_EPOCHS, head_lr=JOINT_LINEAR_HEAD_LR)
     return runs
 
 
@@ -185,10 +202,26 @@ def summarise(out: Path) -> list[dict[str, Any]]:
                             ("records_per_s", "records_per_second")):
             row[f"{column}_mean"], row[f"{column}_std"] = _mean_std([r[key] for r in results])
         row["boundaries_mean"], _ = _mean_std([len(r["learner_boundaries"]) for r in results])
+        detection = [_detection(r) for r in results if r["true_boundaries"]]
+        row["detected_mean"], _ = _mean_std([found for found, _ in detection]) if detection else (None, None)
+        row["delay_mean"], _ = _mean_std([delay for _, delay in detection if delay is not None])
         fills = [sum(r["ranks"].values()) / max(1, sum(r["capacities"].values())) for r in results if r["capacities"]]
         row["rank_fill_mean"] = statistics.fmean(fills) if fills else None
         rows.append(row)
     return rows
+
+
+def _detection(result: dict, before: int = 50, after: int = 150) -> tuple[float, float | None]:
+    """Share of true segment starts with a learner boundary within [start - before, start + after] (blurry
+    windows mix neighbours around the start), and the mean signed delay of those matches in samples."""
+    positions = [b["position"] for b in result["learner_boundaries"]]
+    delays = []
+    for start in result["true_boundaries"]:
+        near = [p - start for p in positions if -before <= p - start <= after]
+        if near:
+            delays.append(min(near, key=abs))
+    share = len(delays) / len(result["true_boundaries"])
+    return share, (statistics.fmean(delays) if delays else None)
 
 
 def _pm(row: dict, column: str, digits: int = 3) -> str:
@@ -200,13 +233,15 @@ def _pm(row: dict, column: str, digits: int = 3) -> str:
 
 def markdown(rows: Sequence[dict]) -> str:
     header = "| suite | paradigm | variant | seeds | avg acc | forgetting | BWT | prequential | boundaries | " \
-             "basis fill | rec/s |"
-    lines = [header, "|" + "---|" * 11]
+             "found (delay) | basis fill | rec/s |"
+    lines = [header, "|" + "---|" * 12]
     for r in rows:
         fill = "-" if r["rank_fill_mean"] is None else f"{r['rank_fill_mean']:.2f}"
+        found = "-" if r["detected_mean"] is None else f"{r['detected_mean']:.2f}" + (
+            f" ({r['delay_mean']:+.0f})" if r["delay_mean"] == r["delay_mean"] else "")
         lines.append(f"| {r['suite']} | {r['paradigm']} | {r['variant']} | {r['seeds']} | {_pm(r, 'avg_acc')} | "
                      f"{_pm(r, 'forgetting')} | {_pm(r, 'bwt')} | {_pm(r, 'prequential')} | "
-                     f"{r['boundaries_mean']:.1f} | {fill} | {_pm(r, 'records_per_s', 0)} |")
+                     f"{r['boundaries_mean']:.1f} | {found} | {fill} | {_pm(r, 'records_per_s', 0)} |")
     return "\n".join(lines)
 
 
@@ -235,7 +270,7 @@ def report(out: Path) -> int:
         return 1
     columns = ["suite", "paradigm", "variant", "seeds"] + [
         f"{c}_{s}" for c in ("avg_acc", "forgetting", "bwt", "prequential", "records_per_s") for s in ("mean", "std")
-    ] + ["boundaries_mean", "rank_fill_mean"]
+    ] + ["boundaries_mean", "detected_mean", "delay_mean", "rank_fill_mean"]
     write_csv(out / "summary.csv", rows, columns)
     checks = targets(rows)
     write_csv(out / "targets.csv", checks, list(checks[0]) if checks else ["suite"])
@@ -264,11 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--paradigms", default=",".join(PARADIGMS))
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
-    parser.add_argument("--limit-per-class", type=int, default=300, help="training samples per class")
+    parser.add_argument("--limit-per-class", type=int, default=300, help="training samples per class (0: all)")
     parser.add_argument("--test-limit-per-class", type=int, default=100, help="held-out samples per class")
     parser.add_argument("--backbone", type=Path, default=None,
                         help=f"pretrained backbone (default: {BACKBONE_FILE.relative_to(ROOT.parent)}; "
                              "--quick: random init)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an EvalConfig key in every run (repeatable), e.g. learner.projection.eps=0.99")
     parser.add_argument("--quick", action="store_true",
                         help="tiny random ViT on scikit-learn digits: checks the pipeline in seconds")
     args = parser.parse_args(argv)
@@ -282,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if backbone is not None and not backbone.exists():
         parser.error(f"backbone {backbone} not found (see benchmarks/assets/README.md to rebuild it)")
     runs = plan(suites, [int(s) for s in args.seeds.split(",")], args.paradigms.split(","), args.quick, backbone,
-                args.limit_per_class, args.test_limit_per_class)
+                args.limit_per_class, args.test_limit_per_class, args.overrides)
     failures = run_grid(runs, args.out, args.workers, args.threads)
     report(args.out)
     return 1 if failures else 0

@@ -157,7 +157,10 @@ class OptimizerConfig(_Frozen):
 class HeadConfig(_Frozen):
     """Class-incremental classifier over the pooled feature (pegp-method.md section 5)."""
 
-    kind: Literal["linear", "ncm"] = Field("linear", description="linear head or nearest-class-mean")
+    kind: Literal["linear", "ncm"] = Field(
+        "ncm", description="nearest-class-mean (the default, chosen by benchmarks/RESULTS.md: on class-incremental "
+        "streams every linear variant lost old classes or could not learn new ones) or linear",
+    )
     max_classes: Positive = Field(1024, description="label capacity; a label beyond it is rejected")
     train_mask: Literal["none", "segment"] = Field(
         "none", description="'segment': training logits are masked to the labels seen in the current "
@@ -280,7 +283,7 @@ def load(
         if not isinstance(tree, dict):
             raise ConfigError("--config", f"{path} must hold a mapping at the top level")
     for layer in (env_overrides(environ or {}), parse_overrides(overrides)):
-        tree = _merge(tree, layer)
+        tree = merge_tree(tree, layer)
     return to_config(model, tree)
 
 
@@ -292,11 +295,12 @@ def _put(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+def merge_tree(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """`layer` over `base`, nested mappings merged key by key (neither is modified)."""
     merged = dict(base)
     for key, value in layer.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_tree(merged[key], value)
         else:
             merged[key] = value
     return merged
