@@ -25,6 +25,13 @@ TINY_PET = {
 }
 
 
+def trained_paradigms() -> list[str]:
+    """Every registered PET paradigm that trains tensors ("none", the frozen-backbone reference, trains none)."""
+    from pegp_stream.pet import paradigms
+
+    return [kind for kind in paradigms() if kind != "none"]
+
+
 def tiny_config(kind: str, **overrides: object) -> dict:
     config = {"backbone": dict(TINY_BACKBONE), "pet": dict(TINY_PET[kind]), "precision": "fp32", "seed": 0,
               "head": {"kind": "linear"}}  # the linear head has the protected space these tests look at

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import TINY_BACKBONE, TINY_PET, digits_segment
+from conftest import TINY_BACKBONE, TINY_PET, digits_segment, trained_paradigms
 from safetensors.torch import save_file
 
 from pegp_stream import CheckpointError, create_learner
 from pegp_stream.backbone import build_backbone
 from pegp_stream.config import BackboneConfig
-from pegp_stream.pet import paradigms
 
 
-@pytest.mark.parametrize("kind", paradigms())
+@pytest.mark.parametrize("kind", trained_paradigms())
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224"])
 def test_real_timm_model_learns_and_predicts(name, kind):
     learner = create_learner({"backbone": {"name": name}, "pet": TINY_PET[kind], "precision": "fp32"})

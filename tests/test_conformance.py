@@ -6,14 +6,13 @@ import io
 
 import pytest
 import torch
-from conftest import digits_segment, tiny_config
+from conftest import digits_segment, tiny_config, trained_paradigms
 
 from pegp_stream import create_learner
 from pegp_stream.backbone import build_backbone
 from pegp_stream.config import BackboneConfig
-from pegp_stream.pet import paradigms
 
-PARADIGMS = [kind for kind in paradigms() if kind != "none"]  # "none" trains no PET tensor (tests below)
+PARADIGMS = trained_paradigms()
 OPTIMIZERS = [{"name": "sgd", "lr": 0.05}, {"name": "adam", "lr": 0.01}]
 
 

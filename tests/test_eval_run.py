@@ -114,14 +114,15 @@ def test_evidence_grid_runs_resumes_and_reports(tmp_path):
             "--limit-per-class", "10", "--test-limit-per-class", "5", "--out", str(tmp_path)]
     assert evidence.main(args) == 0
     done = sorted(p.relative_to(tmp_path).parts[:3] for p in tmp_path.glob("*/*/*/seed0/result.json"))
-    assert done == [("refs", "lora", "joint-3ep"), ("refs", "none", "frozen-linear"), ("refs", "none", "frozen-ncm"),
+    assert done == [("refs", "lora", "joint-3ep"), ("refs", "lora", "joint-linear-3ep"),
+                    ("refs", "none", "frozen-linear"), ("refs", "none", "frozen-ncm"),
                     ("s1", "lora", "pegp"), ("s1", "lora", "plain")]
     stamp = (tmp_path / "s1/lora/pegp/seed0/result.json").stat().st_mtime_ns
     assert evidence.main(args) == 0  # resumed: nothing left to run
     assert (tmp_path / "s1/lora/pegp/seed0/result.json").stat().st_mtime_ns == stamp
     with (tmp_path / "summary.csv").open() as handle:
         rows = {(r["suite"], r["paradigm"], r["variant"]): r for r in csv.DictReader(handle)}
-    assert len(rows) == 5 and rows[("s1", "lora", "pegp")]["seeds"] == "1"
+    assert len(rows) == 6 and rows[("s1", "lora", "pegp")]["seeds"] == "1"
     assert (tmp_path / "targets.csv").exists() and (tmp_path / "forgetting-s1.png").stat().st_size > 1000
     assert "| s1 | lora | pegp |" in (tmp_path / "summary.md").read_text()
 

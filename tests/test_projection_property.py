@@ -11,10 +11,9 @@ from collections import defaultdict
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import digits_segment, tiny_config
+from conftest import digits_segment, tiny_config, trained_paradigms
 
 from pegp_stream import create_learner
-from pegp_stream.pet import paradigms
 from pegp_stream.projection import grow_basis, leakage
 
 EPS = 0.97
@@ -101,7 +100,7 @@ def learn_two_segments(kind: str, optimizer: dict, precision: str, enabled: bool
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.05}, {"name": "adam", "lr": 0.005}],
                          ids=["sgd", "adam"])
-@pytest.mark.parametrize("kind", paradigms())
+@pytest.mark.parametrize("kind", trained_paradigms())
 def test_applied_update_annihilates_old_features(kind, optimizer, precision):
     learner, covariance, before, prompt_rows = learn_two_segments(kind, optimizer, precision, enabled=True)
     assert set(covariance) == {space.name for space in learner.spaces}, "test hooks must cover every space"
@@ -118,7 +117,7 @@ def test_applied_update_annihilates_old_features(kind, optimizer, precision):
         assert leakage(rows, space.basis) > 1 - 1e-9
 
 
-@pytest.mark.parametrize("kind", paradigms())
+@pytest.mark.parametrize("kind", trained_paradigms())
 def test_without_projection_the_same_check_fails(kind):
     learner, covariance, before, _ = learn_two_segments(kind, {"name": "sgd", "lr": 0.05}, "fp32", enabled=False)
     assert learner.spaces == []
