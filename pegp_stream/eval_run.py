@@ -147,14 +147,21 @@ def _run_online(config, learner, train, tests, log) -> EvalResult:
                     f"{' '.join(f'{v:.2f}' for v in matrix[-1][:seen])}")
     curve.append((records, round(prequential.windowed, 4), round(prequential.cumulative, 4)))
     square = [row[: i + 1] for i, row in enumerate(matrix)]
+    return _result(
+        config, learner, tests, matrix=matrix, average_accuracy=average_accuracy(square),
+        forgetting=forgetting(square), backward_transfer=backward_transfer(square),
+        prequential_accuracy=prequential.cumulative, curve=curve, true_boundaries=true_boundaries,
+        learner_boundaries=boundaries, records=records, train_seconds=train_seconds, eval_seconds=eval_seconds,
+    )
+
+
+def _result(config: EvalConfig, learner: Learner, tests: list, **measured) -> EvalResult:
+    """An EvalResult with what every run reports besides its measurements: config, spaces, test data."""
     return EvalResult(
-        name=config.name, config=config.model_dump(mode="json"), segments=segments, matrix=matrix,
-        average_accuracy=average_accuracy(square), forgetting=forgetting(square),
-        backward_transfer=backward_transfer(square), prequential_accuracy=prequential.cumulative, curve=curve,
-        true_boundaries=true_boundaries, learner_boundaries=boundaries, ranks=learner.ranks,
-        capacities={space.name: space.capacity for space in learner.spaces}, records=records,
-        train_seconds=train_seconds, eval_seconds=eval_seconds, test_samples=sum(len(t[1]) for t in tests),
-        segment_labels=[sorted(set(labels)) for _, labels in tests],
+        name=config.name, config=config.model_dump(mode="json"), segments=len(tests), ranks=learner.ranks,
+        capacities={space.name: space.capacity for space in learner.spaces},
+        test_samples=sum(len(labels) for _, labels in tests),
+        segment_labels=[sorted(set(labels)) for _, labels in tests], **measured,
     )
 
 
@@ -191,13 +198,10 @@ def _run_joint(config, learner, train, tests, log) -> EvalResult:
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     row = [_accuracy(learner, *t) for t in tests]
-    return EvalResult(
-        name=config.name, config=config.model_dump(mode="json"), segments=len(tests), matrix=[row],
-        average_accuracy=sum(row) / len(row), forgetting=None, backward_transfer=None, prequential_accuracy=None,
-        curve=[], true_boundaries=[], learner_boundaries=[], ranks=learner.ranks,
-        capacities={space.name: space.capacity for space in learner.spaces}, records=records,
-        train_seconds=train_seconds, eval_seconds=time.perf_counter() - started,
-        test_samples=sum(len(t[1]) for t in tests), segment_labels=[sorted(set(labels)) for _, labels in tests],
+    return _result(
+        config, learner, tests, matrix=[row], average_accuracy=sum(row) / len(row), forgetting=None,
+        backward_transfer=None, prequential_accuracy=None, curve=[], true_boundaries=[], learner_boundaries=[],
+        records=records, train_seconds=train_seconds, eval_seconds=time.perf_counter() - started,
     )
 
 
