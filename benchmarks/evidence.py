@@ -86,12 +86,12 @@ def learner(paradigm: str, projected: bool, head: str, seed: int, quick: bool, b
     spec = dict(QUICK_BACKBONE if quick else BACKBONE)
     if backbone is not None:
         spec["checkpoint_path"] = str(backbone)
+    from pegp_stream.config import merge_tree
+
     config: dict[str, Any] = {"backbone": spec, "pet": {"kind": paradigm}, "precision": "fp32", "seed": seed,
                               "projection": {"enabled": projected},
                               "optimizer": {"name": "sgd", "lr": LEARNING_RATES[paradigm]}}
-    for section, values in HEADS[head].items():
-        config[section] = {**config.get(section, {}), **values}
-    return config
+    return merge_tree(config, HEADS[head])
 
 
 def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], quick: bool,
@@ -105,8 +105,8 @@ def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], 
     def add(suite: str, paradigm: str, variant: str, seed: int, *, projected: bool, head: str = GRID_HEAD,
             task_free: bool = False, head_lr: float | None = None, **extra: Any) -> None:
         spec = learner(paradigm, projected, head, seed, quick, backbone)
-        if head_lr is not None:
-            spec["head"]["lr_scale"] = head_lr / LEARNING_RATES[paradigm]
+        if head_lr is not None:  # a new tree: `spec` shares its head section with HEADS
+            spec = merge_tree(spec, {"head": {"lr_scale": head_lr / LEARNING_RATES[paradigm]}})
         config = {
             "name": f"{suite}/{paradigm}/{variant}/seed{seed}",
             "learner": spec,
