@@ -30,7 +30,7 @@ from pegp_stream.stream.broker import EmbeddedBroker, free_port
 from pegp_stream.stream.produce import ProduceOptions, produce
 from pegp_stream.stream.replay import build_stream
 
-from .common import write_csv
+from .common import format_table, write_csv
 
 
 def hammer(url: str, body: dict, until, latencies: list, errors: list) -> None:
@@ -90,10 +90,7 @@ def main() -> None:
     write_csv(Path(args.out) / "bench_serving.csv", rows, list(rows[0]))
     print(f"one-image predictions, {args.clients} clients, tiny ViT (32 px), {len(stream)} records learned in "
           f"{learning_seconds:.1f} s")
-    print(f"{'phase':>15} {'requests':>9} {'errors':>7} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}")
-    for row in rows:
-        print(f"{row['phase']:>15} {row['requests']:>9} {row['errors']:>7} {row['p50_ms']:>8.1f} "
-              f"{row['p90_ms']:>8.1f} {row['p99_ms']:>8.1f}")
+    print(format_table(rows, ["phase", "requests", "errors", "p50_ms", "p90_ms", "p99_ms"]))
     print(f"p99 ratio learning/idle: {rows[0]['p99_ms'] / rows[1]['p99_ms']:.2f}")
 
 

@@ -25,7 +25,7 @@ from pegp_stream.stream.broker import EmbeddedBroker, free_port
 from pegp_stream.stream.produce import ProduceOptions, produce
 from pegp_stream.stream.replay import build_stream
 
-from .common import write_csv
+from .common import format_table, write_csv
 
 LEARNER = {"backbone": DEMO_BACKBONE, "pet": {"kind": "adapter"}, "precision": "fp32", "seed": 0}
 VIT_TINY_224 = {"name": "vit_tiny_patch16_224"}
@@ -83,10 +83,7 @@ def main() -> None:
     model = "ViT-Tiny/16 at 224 px" if args.vit_tiny_224 else "tiny ViT (width 64, depth 2, 32 px)"
     print(f"end to end, digits stream of {rows[0]['records']} records, {model}, adapter, batch {args.batch_size}, "
           f"{args.threads} torch thread(s)")
-    print(f"{'repeat':>6} {'replay rec/s':>13} {'broker rec/s':>13} {'ratio':>6} {'ckpt ms':>8} {'ckpt KiB':>9}")
-    for row in rows:
-        print(f"{row['repeat']:>6} {row['replay_rps']:>13.1f} {row['broker_rps']:>13.1f} {row['ratio']:>6.2f} "
-              f"{row['checkpoint_ms']:>8.1f} {row['checkpoint_kib']:>9.0f}")
+    print(format_table(rows, ["repeat", "replay_rps", "broker_rps", "ratio", "checkpoint_ms", "checkpoint_kib"]))
     print(f"median ratio (target >= 0.8): {statistics.median(r['ratio'] for r in rows):.2f}")
 
 

@@ -1,5 +1,6 @@
-"""Smoke tests of benchmarks/bench_core.py: each subcommand runs with --quick and writes the CSV it
-promises (expected columns, one row per variant); benchmarks/gpu.sh runs its --cpu-check path. No timing
+"""Smoke tests of the benchmarks: each bench_core subcommand runs with --quick and writes the CSV it
+promises (expected columns, one row per variant); benchmarks/gpu.sh runs its --cpu-check path;
+bench_stream and bench_serving run on a tiny stream through the embedded broker. No timing
 is asserted: the machines are shared."""
 
 from __future__ import annotations
@@ -149,3 +150,29 @@ def test_gpu_sh_without_gpu_refuses(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "no GPU" in done.stderr and "--cpu-check" in done.stderr
     assert not (tmp_path / "projection_cost.csv").exists()
+
+
+def _bench_module(module: str, tmp_path: Path, *args: str) -> tuple[str, list[dict[str, str]]]:
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", "--records-per-class", "10",
+                           "--out", str(tmp_path), *args], capture_output=True, text=True, timeout=300,
+                          cwd=GPU_SH.parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, _read(tmp_path / f"{module}.csv")[1]
+
+
+def test_bench_stream_runs_through_the_broker(tmp_path: Path) -> None:
+    stdout, rows = _bench_module("bench_stream", tmp_path, "--repeats", "1")
+    assert len(rows) == 1 and rows[0]["records"] == "100"  # 10 digits x 10 records, all learned both ways
+    ratio = float(rows[0]["ratio"])
+    assert ratio == pytest.approx(float(rows[0]["broker_rps"]) / float(rows[0]["replay_rps"]))
+    assert float(rows[0]["checkpoint_kib"]) > 0
+    assert "median ratio" in stdout and "broker_rps" in stdout
+
+
+def test_bench_serving_answers_while_learning_and_idle(tmp_path: Path) -> None:
+    stdout, rows = _bench_module("bench_serving", tmp_path)
+    assert [row["phase"] for row in rows] == ["while learning", "idle"]
+    for row in rows:
+        assert int(row["requests"]) > 0 and row["errors"] == "0"
+        assert 0 < float(row["p50_ms"]) <= float(row["p90_ms"]) <= float(row["p99_ms"])
+    assert "p99 ratio learning/idle" in stdout
