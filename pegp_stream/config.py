@@ -8,21 +8,16 @@ errors into a `ConfigError` whose message names the offending field as a dotted 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, ValidationError, field_validator
 
+from .drift import DriftConfig
 from .errors import ConfigError
+from .schema import Fraction, Frozen, Positive, section_by_kind
+from .stream.decode import DecodeLimits
 
 T = TypeVar("T", bound=BaseModel)
-
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-Positive = Annotated[int, Field(ge=1)]
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
 
 class BackboneConfig(BaseModel):
     """The frozen timm VisionTransformer. Keys other than those below go to `timm.create_model`
@@ -45,7 +40,7 @@ class BackboneConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class PetConfig(_Frozen):
+class PetConfig(Frozen):
     """Base of every PET paradigm's config; `kind` selects the paradigm."""
 
     kind: str
@@ -124,7 +119,7 @@ PET_CONFIGS: dict[str, type[PetConfig]] = {
 }
 
 
-class ProjectionConfig(_Frozen):
+class ProjectionConfig(Frozen):
     """PEGP gradient projection and basis growth (pegp-method.md sections 1 and 3)."""
 
     enabled: bool = Field(True, description="False gives the unprojected baseline")
@@ -144,7 +139,7 @@ class ProjectionConfig(_Frozen):
     )
 
 
-class OptimizerConfig(_Frozen):
+class OptimizerConfig(Frozen):
     name: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.01, gt=0.0, description="learning rate (SGD with momentum 0.9 diverges on ViTs above ~0.05)")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum; reset at each consolidation")
@@ -154,7 +149,7 @@ class OptimizerConfig(_Frozen):
     grad_clip: float | None = Field(None, gt=0.0, description="clip the global gradient norm")
 
 
-class HeadConfig(_Frozen):
+class HeadConfig(Frozen):
     """Class-incremental classifier over the pooled feature (pegp-method.md section 5)."""
 
     kind: Literal["linear", "ncm"] = Field(
@@ -170,7 +165,7 @@ class HeadConfig(_Frozen):
     ncm_temperature: float = Field(0.1, gt=0.0, description="ncm: softmax temperature on cosine similarity")
 
 
-class LearnerConfig(_Frozen):
+class LearnerConfig(Frozen):
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     pet: SerializeAsAny[PetConfig] = Field(default_factory=PromptConfig)
     projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
@@ -185,14 +180,7 @@ class LearnerConfig(_Frozen):
     @field_validator("pet", mode="before")
     @classmethod
     def _pet_by_kind(cls, value: Any) -> Any:
-        if isinstance(value, PetConfig):
-            return value
-        if not isinstance(value, Mapping):
-            raise ValueError("must be a mapping with a 'kind'")
-        kind = value.get("kind", "prompt")
-        if kind not in PET_CONFIGS:
-            raise ValueError(f"unknown PET kind {kind!r}; valid kinds: {', '.join(sorted(PET_CONFIGS))}")
-        return PET_CONFIGS[kind].model_validate(dict(value, kind=kind))
+        return section_by_kind(value, PET_CONFIGS, default="prompt", what="PET kind")
 
 
 def _field_path(error: Mapping[str, Any]) -> str:
@@ -216,7 +204,7 @@ def to_config(model: type[T], value: T | Mapping[str, Any] | None) -> T:
         raise ConfigError(field, reason) from None
 
 
-class StreamConfig(_Frozen):
+class StreamConfig(Frozen):
     """A labelled, class-incremental stream built from data sets (what `produce` sends and `replay` reads)."""
 
     datasets: tuple[str, ...] = Field(("digits",), min_length=1, description="data sets, streamed one after another")
@@ -230,7 +218,7 @@ class StreamConfig(_Frozen):
     seed: int = 0
 
 
-class ReplayConfig(_Frozen):
+class ReplayConfig(Frozen):
     """`pegp-stream replay`: the learner over a stream read from files, no broker involved."""
 
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
@@ -306,7 +294,7 @@ def merge_tree(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-class KafkaConfig(_Frozen):
+class KafkaConfig(Frozen):
     """Where the labelled samples come from and where bad records go. Security settings pass through to
     kafka-python unchanged; secrets are masked when the config is printed."""
 
@@ -352,14 +340,14 @@ class KafkaConfig(_Frozen):
         return options
 
 
-class CheckpointConfig(_Frozen):
+class CheckpointConfig(Frozen):
     dir: str = Field("checkpoints", description="directory of checkpoint files")
     every_records: Positive = Field(1000, description="checkpoint after at least this many records")
     every_seconds: float | None = Field(60.0, gt=0, description="and at least this often while records flow")
     keep: Positive = Field(3, description="checkpoints kept (older ones are deleted)")
 
 
-class HttpConfig(_Frozen):
+class HttpConfig(Frozen):
     enabled: bool = Field(True, description="serve predictions and metrics")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
@@ -372,12 +360,8 @@ class HttpConfig(_Frozen):
                                  "while records are waiting")
 
 
-# Areas whose models live beside their code (imported last: those modules do not import this one).
-from .drift import DriftConfig  # noqa: E402
-from .stream.decode import DecodeLimits  # noqa: E402
 
-
-class DaemonConfig(_Frozen):
+class DaemonConfig(Frozen):
     """`pegp-stream run`: the learner daemon. Keys also come from PEGP_* environment variables and --set."""
 
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
@@ -392,7 +376,7 @@ class DaemonConfig(_Frozen):
     log_format: Literal["text", "json"] = Field("text", description="json: one object per line, with context")
 
 
-class EvalConfig(_Frozen):
+class EvalConfig(Frozen):
     """`pegp-stream eval`: a learner over a stream with held-out test data per segment, for the accuracy
     matrix (pegp-method.md section 7). With `stream.markers` off the learner is told no boundary and relies
     on `drift` (a detector); the runner still evaluates where each true segment's training data ends."""

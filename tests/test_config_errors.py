@@ -11,7 +11,7 @@ from pegp_stream import ConfigError, create_learner
 @pytest.mark.parametrize(
     ("override", "field", "words"),
     [
-        ({"pet": {"kind": "bitfit"}}, "pet", "valid kinds: adapter, lora, none, prefix, prompt"),
+        ({"pet": {"kind": "bitfit"}}, "pet", "valid PET kinds: adapter, lora, none, prefix, prompt"),
         ({"pet": {"kind": "adapter", "rank": 65}}, "pet.rank", "larger than the feature dimension 64"),
         ({"pet": {"kind": "lora", "rank": 100}}, "pet.rank", "larger than the feature dimension"),
         ({"pet": {"kind": "adapter", "rank": 0}}, "pet.rank", "greater than or equal to 1"),

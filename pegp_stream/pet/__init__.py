@@ -39,7 +39,7 @@ def attach(
 ) -> Attachment:
     """Attach the paradigm `config.kind` to `model` in place (undo with `Attachment.detach`)."""
     if config.kind not in _REGISTRY:
-        raise ConfigError("pet.kind", f"unknown PET kind {config.kind!r}; valid kinds: {', '.join(paradigms())}")
+        raise ConfigError("pet.kind", f"unknown PET kind {config.kind!r}; valid PET kinds: {', '.join(paradigms())}")
     return _REGISTRY[config.kind](model, config, taps, projection)
 
 

@@ -72,9 +72,10 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..errors import PegpError
+from ..schema import Frozen
 
 Reason = Literal[
     "empty_value", "too_large", "malformed_json", "not_an_object", "missing_label", "bad_label",
@@ -95,11 +96,8 @@ _NUMBER_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
-class DecodeLimits(BaseModel):
-    """Bounds on one record, checked before any expensive work; a record beyond them is rejected.
-    (Frozen like the models in `config`, but defined here so that `config` can nest it without a cycle.)"""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class DecodeLimits(Frozen):
+    """Bounds on one record, checked before any expensive work; a record beyond them is rejected."""
 
     max_record_bytes: int = Field(
         4 * 1024 * 1024, ge=1, description="largest record value in bytes (base64 in JSON makes images a third larger)"
