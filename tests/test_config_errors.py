@@ -12,6 +12,8 @@ from pegp_stream import ConfigError, create_learner
     ("override", "field", "words"),
     [
         ({"pet": {"kind": "bitfit"}}, "pet", "valid PET kinds: adapter, lora, none, prefix, prompt"),
+        ({"pet": "bitfit"}, "pet", "valid PET kinds: adapter, lora, none, prefix, prompt"),
+        ({"pet": 3}, "pet", "must be a PET kind name or a mapping with a 'kind'"),
         ({"pet": {"kind": "adapter", "rank": 65}}, "pet.rank", "larger than the feature dimension 64"),
         ({"pet": {"kind": "lora", "rank": 100}}, "pet.rank", "larger than the feature dimension"),
         ({"pet": {"kind": "adapter", "rank": 0}}, "pet.rank", "greater than or equal to 1"),
@@ -45,3 +47,8 @@ def test_defaults_fill_missing_keys():
     assert learner.config.pet.kind == "prompt"
     assert learner.config.projection.enabled and learner.config.projection.eps == 0.95
     assert learner.config.optimizer.name == "sgd"
+
+
+def test_a_bare_pet_kind_takes_that_kinds_defaults():
+    learner = create_learner({**tiny_config("adapter"), "pet": "lora"})
+    assert learner.config.pet.kind == "lora" and learner.config.pet.rank == 4
