@@ -351,8 +351,8 @@ class Daemon:
         return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
 
     def cached_lag(self) -> dict[int, int]:
-        """Lag from the last fetched end offsets (no network call; safe from other threads)."""
-        ends = dict(self.source._end)
+        """Lag from the end offsets already known (no network call; safe from other threads)."""
+        ends = self.source.known_ends()
         return {p: max(0, end - self.offsets.get(p, 0)) for p, end in ends.items()}
 
     def lag(self) -> dict[int, int]:

@@ -24,10 +24,14 @@ from daemon_support import (
     typed,
     wait_for,
 )
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
 from test_conformance import assert_state_equal
 
+from pegp_stream.config import KafkaConfig, to_config
 from pegp_stream.daemon import Daemon, record_id_hash
 from pegp_stream.stream.broker import EmbeddedBroker, free_port
+from pegp_stream.stream.source import KafkaSource
 
 
 @pytest.fixture
@@ -109,6 +113,29 @@ def test_sigterm_stops_gracefully_and_resume_is_bitwise_equal(broker, tmp_path, 
     state = latest_state(tmp_path / "checkpoints")
     assert state["stats"]["learned"] == len(ids)
     assert_state_equal(reference["learner"], state["learner"])
+
+
+def test_source_knows_the_end_from_fetches_where_list_offsets_under_reports(broker):
+    """Lag is end offset - learned offset. One producer batch of 100 records: Tansu's ListOffsets answers the
+    batch's base offset + 1, so the end must come from the fetch responses' high watermark."""
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    admin.create_topics([NewTopic("lag", 1, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=200, batch_size=1 << 20)
+    for i in range(100):
+        producer.send("lag", f"record {i}".encode())
+    producer.flush()
+    producer.close()
+    source = KafkaSource(to_config(KafkaConfig, {"bootstrap_servers": broker.bootstrap_servers, "topic": "lag",
+                                                 "batch_size": 16, "max_wait_ms": 2000}))
+    try:
+        assert source.connect({}, stop=lambda: False)
+        batch = source.next_batch(stop=lambda: False)
+        assert [record.offset for record in batch] == list(range(16))
+        assert source.known_ends() == {0: 100}
+        assert source.end_offsets(max_age_s=0.0) == {0: 100}  # a fresh ListOffsets does not lower it
+    finally:
+        source.close()
 
 
 def test_three_partitions_no_record_lost_or_applied_twice(broker, tmp_path):

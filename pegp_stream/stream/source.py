@@ -51,7 +51,8 @@ class KafkaSource:
         self.partitions: list[TopicPartition] = []
         self._buffers: dict[int, deque] = {}
         self._fetched: dict[int, int] = {}  # next offset to fetch, per partition
-        self._end: dict[int, int] = {}  # last known end offset, per partition
+        self._end: dict[int, int] = {}  # end offset per partition, from ListOffsets (every lag_interval_s)
+        self._highwater: dict[int, int] = {}  # high watermark per partition, from the latest fetch response
         self._end_checked = 0.0
         self.resets = 0  # times a partition's log was found reset (lost or truncated) under us
         self._last_seen: dict[int, Any] = {}  # last fetched record per partition (offset, timestamp, value)
@@ -134,7 +135,8 @@ class KafkaSource:
         if len(self._buffers) < 2:
             return []
         self._refresh_end(max_age_s=self.config.lag_interval_s)
-        return [p for p, buffer in self._buffers.items() if not buffer and self._fetched[p] < self._end.get(p, 0)]
+        ends = self.known_ends()
+        return [p for p, buffer in self._buffers.items() if not buffer and self._fetched[p] < ends.get(p, 0)]
 
     def _take(self) -> Any | None:
         heads = [(buffer[0].timestamp, p, buffer[0].offset) for p, buffer in self._buffers.items() if buffer]
@@ -152,6 +154,8 @@ class KafkaSource:
             return
         for tp, records in sorted(fetched.items(), key=lambda item: item[0].partition):
             self._buffer(tp.partition, records)
+        marks = {tp.partition: self.consumer.highwater(tp) for tp in self.partitions}
+        self._highwater = {p: mark for p, mark in marks.items() if mark is not None}  # one swap: read elsewhere
 
     def _buffer(self, partition: int, records: list[Any]) -> None:
         if not records:
@@ -223,10 +227,17 @@ class KafkaSource:
                     self._fetched[tp.partition], extra={"topic": tp.topic, "partition": tp.partition})
 
     def end_offsets(self, max_age_s: float) -> dict[int, int]:
-        """End offset per partition, refreshed when older than `max_age_s`."""
+        """End offset per partition (`known_ends`), ListOffsets refreshed when older than `max_age_s`."""
         if time.monotonic() - self._end_checked > max_age_s:
             self._refresh_end(force=True)
-        return dict(self._end)
+        return self.known_ends()
+
+    def known_ends(self) -> dict[int, int]:
+        """End offset per partition from what is already known, no network call (safe from other threads):
+        the larger of the last ListOffsets answer and the high watermark of the latest fetch response. The
+        fetch's mark is fresher, and Tansu's ListOffsets under-reports (the last batch's base offset + 1)."""
+        listed, marks = self._end, self._highwater
+        return {p: max(listed.get(p, 0), marks.get(p, 0)) for p in listed.keys() | marks.keys()}
 
     def commit(self, offsets: dict[int, int]) -> None:
         """Commit next offsets for lag tooling. Advisory: the checkpoint is the source of truth."""
