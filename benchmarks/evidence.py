@@ -297,6 +297,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--suites", default=",".join(SUITES), help="comma-separated: " + ", ".join(SUITES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--paradigms", default=",".join(PARADIGMS))
+    parser.add_argument("--variants", default="",
+                        help="comma-separated: only runs of these variants (plain, pegp, a head or reference name); "
+                             "default all")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     parser.add_argument("--limit-per-class", type=int, default=300, help="training samples per class (0: all)")
@@ -320,6 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"backbone {backbone} not found (see benchmarks/assets/README.md to rebuild it)")
     runs = plan(suites, [int(s) for s in args.seeds.split(",")], args.paradigms.split(","), args.quick, backbone,
                 args.limit_per_class, args.test_limit_per_class, args.overrides)
+    variants = {v for v in args.variants.split(",") if v}
+    if variants:
+        runs = [run for run in runs if run.variant in variants]
+        if not runs:
+            parser.error(f"no planned run has a variant in {sorted(variants)}")
     failures = run_grid(runs, args.out, args.workers, args.threads)
     report(args.out)
     return 1 if failures else 0

@@ -127,6 +127,17 @@ def test_evidence_grid_runs_resumes_and_reports(tmp_path):
     assert "| s1 | lora | pegp |" in (tmp_path / "summary.md").read_text()
 
 
+def test_evidence_runs_only_the_chosen_variants(tmp_path):
+    from benchmarks import evidence
+
+    args = ["run", "--quick", "--suites", "s1", "--seeds", "0", "--paradigms", "prompt", "--workers", "1",
+            "--limit-per-class", "5", "--test-limit-per-class", "5", "--variants", "pegp", "--out", str(tmp_path)]
+    assert evidence.main(args) == 0
+    assert [p.relative_to(tmp_path).parts[:3] for p in tmp_path.glob("*/*/*/seed0/result.json")] == [
+        ("s1", "prompt", "pegp")]
+    with pytest.raises(SystemExit):
+        evidence.main([*args[:-4], "--variants", "nosuch", "--out", str(tmp_path)])
+
 
 def test_evidence_plan_gives_each_run_its_own_settings():
     from benchmarks import evidence
