@@ -392,3 +392,8 @@ class EvalConfig(Frozen):
         0, ge=0, description="> 0: offline reference instead: all training data shuffled, this many epochs, no "
         "boundaries, evaluated once at the end",
     )
+    probe: bool = Field(
+        False, description="also score a nearest-class-mean readout refit on the current features at each "
+        "segment end (means from half of each class's held-out data, accuracy on the other half): forgetting "
+        "that the probe does not show is in the head, not in the features",
+    )

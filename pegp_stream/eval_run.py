@@ -56,6 +56,9 @@ class EvalResult:
     eval_seconds: float
     test_samples: int
     segment_labels: list[list[str]] = field(default_factory=list)
+    probe_matrix: list[list[float | None]] | None = None  # `EvalConfig.probe`: the refit readout's matrix
+    probe_average_accuracy: float | None = None
+    probe_forgetting: float | None = None
 
     @property
     def records_per_second(self) -> float:
@@ -111,6 +114,7 @@ def _run_online(config, learner, train, tests, log) -> EvalResult:
     policy = BoundaryPolicy(config.drift.model_copy(update={"markers": config.stream.markers}))
     prequential, curve = PrequentialAccuracy(), []
     matrix: list[list[float | None]] = []
+    probe: list[list[float | None]] = []
     boundaries: list[dict] = []
     true_boundaries = _true_boundaries(train)
     train_seconds = eval_seconds = 0.0
@@ -141,14 +145,22 @@ def _run_online(config, learner, train, tests, log) -> EvalResult:
             started = time.perf_counter()
             seen = len(matrix) + 1
             matrix.append([_accuracy(learner, *tests[j]) for j in range(seen)] + [None] * (segments - seen))
+            if config.probe:
+                probe.append(_probe_accuracies(learner, tests[:seen]) + [None] * (segments - seen))
             eval_seconds += time.perf_counter() - started
             if log:
                 log(f"{config.name}: after segment {seen - 1} ({records} records): "
                     f"{' '.join(f'{v:.2f}' for v in matrix[-1][:seen])}")
     curve.append((records, round(prequential.windowed, 4), round(prequential.cumulative, 4)))
     square = [row[: i + 1] for i, row in enumerate(matrix)]
+    if config.probe:
+        probe_square = [row[: i + 1] for i, row in enumerate(probe)]
+        measured = {"probe_matrix": probe, "probe_average_accuracy": average_accuracy(probe_square),
+                    "probe_forgetting": forgetting(probe_square)}
+    else:
+        measured = {}
     return _result(
-        config, learner, tests, matrix=matrix, average_accuracy=average_accuracy(square),
+        config, learner, tests, **measured, matrix=matrix, average_accuracy=average_accuracy(square),
         forgetting=forgetting(square), backward_transfer=backward_transfer(square),
         prequential_accuracy=prequential.cumulative, curve=curve, true_boundaries=true_boundaries,
         learner_boundaries=boundaries, records=records, train_seconds=train_seconds, eval_seconds=eval_seconds,
@@ -224,6 +236,24 @@ def _test_sets(test: LabelledStream, learner: Learner, batch_size: int) -> list[
         ]
         sets.append((batches, [r.label for r in records]))
     return sets
+
+
+def _probe_accuracies(learner: Learner, tests: Sequence[tuple[list[torch.Tensor], list[str]]]) -> list[float]:
+    """Per seen segment: accuracy of a nearest-class-mean readout (cosine, every seen class) whose means are
+    refit on the current features of the even-numbered held-out rows, scored on the odd-numbered ones."""
+    features = [torch.cat([learner.features(images) for images in batches]) for batches, _ in tests]
+    classes = sorted({label for _, labels in tests for label in labels})
+    index = {label: i for i, label in enumerate(classes)}
+    targets = [torch.tensor([index[label] for label in labels]) for _, labels in tests]
+    fit_x = torch.cat([f[0::2] for f in features])
+    fit_y = torch.cat([t[0::2] for t in targets])
+    means = torch.stack([fit_x[fit_y == c].mean(0) for c in range(len(classes))])
+    means = torch.nn.functional.normalize(means, dim=1)
+    scores = []
+    for f, t in zip(features, targets, strict=True):
+        predicted = (torch.nn.functional.normalize(f[1::2], dim=1) @ means.T).argmax(1)
+        scores.append((predicted == t[1::2]).float().mean().item())
+    return scores
 
 
 def _accuracy(learner: Learner, batches: Sequence[torch.Tensor], labels: Sequence[str]) -> float:

@@ -197,6 +197,13 @@ class Learner:
         labels = [self.classes[i] for i in probs.argmax(dim=1).tolist()] if n else [None] * images.shape[0]
         return Prediction(labels, probs.cpu(), list(self.classes))
 
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The pooled features the head reads (PET applied), one float32 row per image; changes no state."""
+        images = self._check_images(images)
+        with self._autocast():
+            return self._pooled(images).float().cpu()
+
     @property
     def ranks(self) -> dict[str, int]:
         return {space.name: space.rank for space in self.spaces}

@@ -107,6 +107,24 @@ def test_cli_eval_writes_results_and_plots(tmp_path):
     assert bad.exit_code == 2 and "joint_epochs" in bad.output
 
 
+def test_probe_reads_the_features_not_the_head(digits_backbone):
+    """With a frozen backbone the features do not depend on the head, so the refit readout's matrix is the
+    same under a linear and a nearest-class-mean head, while the heads' own matrices differ."""
+    results = {}
+    for head in ("linear", "ncm"):
+        config = eval_config(digits_backbone, probe=True, stream={"limit_per_class": 20},
+                             learner={"pet": {"kind": "none"}, "head": {"kind": head}})
+        results[head] = run_eval(config)
+    linear, ncm = results["linear"], results["ncm"]
+    assert linear.probe_matrix == ncm.probe_matrix and linear.matrix != ncm.matrix
+    for i, row in enumerate(ncm.probe_matrix):
+        assert all(0.0 <= v <= 1.0 for v in row[: i + 1]) and all(v is None for v in row[i + 1 :])
+    assert ncm.probe_average_accuracy == pytest.approx(average_accuracy(
+        [row[: i + 1] for i, row in enumerate(ncm.probe_matrix)]))
+    assert ncm.probe_average_accuracy > 0.8  # digits features separate the digits
+    assert run_eval(eval_config(digits_backbone, stream={"limit_per_class": 10})).probe_matrix is None
+
+
 def test_evidence_grid_runs_resumes_and_reports(tmp_path):
     from benchmarks import evidence
 
