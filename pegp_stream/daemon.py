@@ -356,8 +356,9 @@ class Daemon:
         return {p: max(0, end - self.offsets.get(p, 0)) for p, end in ends.items()}
 
     def lag(self) -> dict[int, int]:
-        ends = self.source.end_offsets(self.config.kafka.lag_interval_s)
-        return {p: max(0, end - self.offsets.get(p, 0)) for p, end in ends.items()}
+        """`cached_lag` after refreshing the end offsets when older than `kafka.lag_interval_s`."""
+        self.source.end_offsets(self.config.kafka.lag_interval_s)
+        return self.cached_lag()
 
     def _idle_long_enough(self, records: Sequence[Any]) -> bool:
         limit = self.config.exit_when_idle_s
