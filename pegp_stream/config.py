@@ -19,6 +19,7 @@ from .stream.decode import DecodeLimits
 
 T = TypeVar("T", bound=BaseModel)
 
+
 class BackboneConfig(BaseModel):
     """The frozen timm VisionTransformer. Keys other than those below go to `timm.create_model`
     unchanged (img_size, patch_size, embed_dim, depth, num_heads, global_pool, ...)."""
@@ -358,7 +359,6 @@ class HttpConfig(Frozen):
     boundary_token: SecretStr | None = Field(None, description="bearer token for POST /v1/boundary (unset: off)")
     stall_after_s: float = Field(60.0, gt=0, description="readyz fails when the learner loop is silent this long "
                                  "while records are waiting")
-
 
 
 class DaemonConfig(Frozen):

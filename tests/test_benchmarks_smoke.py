@@ -113,7 +113,6 @@ def test_interleaved_stops_at_the_time_budget() -> None:
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then the order rotates each round
 
 
-
 def _gpu_sh(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if k != "GPU_SH_CPU_CHECK"}
     return subprocess.run(["bash", str(GPU_SH), "--out", str(out), *args], capture_output=True, text=True,

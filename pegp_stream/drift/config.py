@@ -124,4 +124,3 @@ class DriftConfig(Frozen):
     @classmethod
     def _detector_by_kind(cls, value: Any) -> Any:
         return section_by_kind(value, DETECTOR_CONFIGS, default="none", what="detector")
-

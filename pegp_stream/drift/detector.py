@@ -56,7 +56,6 @@ def _vector(value: Any) -> np.ndarray | None:
     return array if np.isfinite(array).all() else None
 
 
-
 # --------------------------------------------------------------------------------------------------------
 # detectors
 
@@ -332,7 +331,6 @@ class Adwin(BoundaryDetector):
         self._rows = [[[float(t), float(v)] for t, v in row] for row in state["rows"]] or [[]]
         self._width, self._total = int(state["width"]), float(state["total"])
         self._variance, self._time = float(state["variance"]), int(state["time"])
-
 
 
 # --------------------------------------------------------------------------------------------------------
