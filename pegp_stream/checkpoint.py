@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ class CheckpointStore:
         self.directory = Path(directory)
         self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob("*.partial"):  # a write interrupted by a crash or a full disk
+            log.warning("removing %s, left by an interrupted checkpoint write", stale)
+            stale.unlink(missing_ok=True)
 
     @staticmethod
     def sequence_of(path: Path) -> int:
@@ -56,26 +60,38 @@ class CheckpointStore:
         sequence = self.sequence_of(existing[-1]) + 1 if existing else 1
         path = self.directory / f"ckpt-{sequence:012d}.safetensors"
         partial = path.with_name(path.name + ".partial")
-        with open(partial, "wb") as handle:
-            handle.write(encode_state(state))
-            handle.flush()
-            os.fsync(handle.fileno())
-        partial.replace(path)
+        data = encode_state(state)
+        try:
+            with open(partial, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            partial.replace(path)
+        except OSError:
+            partial.unlink(missing_ok=True)  # a full disk must not keep the half-written file
+            raise
         _fsync_directory(self.directory)
         for old in self.paths()[: -self.keep]:
-            old.unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+            except OSError as exc:  # e.g. a directory with a checkpoint's name: the new checkpoint stands
+                log.warning("cannot remove old checkpoint %s: %s", old, exc)
         return path
 
     def load_latest(self) -> Checkpoint | None:
         """The newest checkpoint that reads back intact; a corrupt one is logged and skipped."""
+        return next(self.intact(), None)
+
+    def intact(self) -> Iterator[Checkpoint]:
+        """Checkpoints that read back intact, newest first; each unreadable one is logged, named, and skipped.
+        A caller that cannot use one (its state does not apply) moves on to the next the same way."""
         for path in reversed(self.paths()):
             try:
                 state = decode_state(path.read_bytes())
-            except CheckpointError as exc:
+            except (CheckpointError, OSError) as exc:  # OSError: e.g. a directory with a checkpoint's name
                 log.error("checkpoint %s is corrupt, trying the previous one: %s", path, exc)
                 continue
-            return Checkpoint(path, self.sequence_of(path), state)
-        return None
+            yield Checkpoint(path, self.sequence_of(path), state)
 
 
 def encode_state(state: dict[str, Any]) -> bytes:
@@ -96,7 +112,13 @@ def decode_state(data: bytes) -> dict[str, Any]:
         raise CheckpointError("not a pegp-stream checkpoint")
     if _digest(metadata["state"], tensors) != metadata.get("sha256"):
         raise CheckpointError("checksum mismatch")
-    return _unflatten(json.loads(metadata["state"]), tensors)
+    try:
+        state = _unflatten(json.loads(metadata["state"]), tensors)
+    except (ValueError, KeyError, TypeError) as exc:  # JSON that parses and matches its digest, but is no state
+        raise CheckpointError(f"malformed state: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"malformed state: a {type(state).__name__}, not a mapping")
+    return state
 
 
 def _metadata(data: bytes) -> dict[str, str]:

@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from .drift import DriftConfig
 from .errors import ConfigError
@@ -303,7 +312,8 @@ class KafkaConfig(Frozen):
     topic: str = Field("pegp-samples", min_length=1, description="input topic of labelled samples")
     dead_letter_topic: str | None = Field(None, description="bad records go here (default: <topic>.dlq)")
     dead_letter_max_bytes: Positive = Field(
-        1_000_000, description="dead letters carry the original value up to this size (else headers only)"
+        1_000_000, description="largest dead letter (value, key and headers); what does not fit is left out and "
+        "named in its pegp.omitted header (the broker's message.max.bytes must allow this plus 4 KiB)",
     )
     client_id: str = "pegp-stream"
     group_id: str = Field(
@@ -323,6 +333,13 @@ class KafkaConfig(Frozen):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
     sasl_plain_username: str | None = None
     sasl_plain_password: SecretStr | None = None
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _dead_letters_elsewhere(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("topic"):
+            raise ValueError(f"{value!r} is the input topic: each dead letter would be read again as input")
+        return value
 
     @property
     def dead_letters(self) -> str:
@@ -353,6 +370,10 @@ class HttpConfig(Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
     snapshot_every_updates: Positive = Field(20, description="publish a snapshot after this many updates")
+    snapshot_max_age_s: float = Field(
+        1.0, gt=0, description="publish learned updates at the latest this long after the last snapshot (also at "
+        "every checkpoint and boundary, and as soon as the stream goes idle)",
+    )
     max_instances: Positive = Field(64, description="images per prediction request")
     max_body_bytes: Positive = Field(16 * 2**20, description="largest request body")
     top_k: Positive = Field(3, description="default number of classes in each answer's top_k")

@@ -9,6 +9,8 @@ The loop is a short list of one-line stages (architecture.md):
     maybe_checkpoint()                  state + offsets, atomically; then commit offsets to Kafka
 
 SIGTERM/SIGINT only set a flag: the batch in hand is finished, a checkpoint written, offsets committed.
+An unexpected error leaves the loop without a checkpoint (the state in hand may hold half a batch): a restart
+resumes from the last durable checkpoint, so every record is still applied once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from .checkpoint import CheckpointStore
 from .config import DaemonConfig
 from .drift import BoundaryPolicy
+from .errors import CheckpointError, StateMismatchError
 from .evaluate import PrequentialAccuracy
 from .learner import Learner, create_learner
 from .metrics import DurationHistogram
@@ -33,7 +36,7 @@ from .serving.snapshot import SnapshotPublisher
 from .stream.dead_letter import DeadLetterSink
 from .stream.decode import DecodeError, Sample, decode_record
 from .stream.preprocess import to_model_input
-from .stream.source import KafkaSource
+from .stream.source import KafkaSource, backoff_delays
 
 log = logging.getLogger(__name__)
 _LEARNER_REJECTIONS = {"non-finite pixel values": "nonfinite_pixels", "non-finite loss": "nonfinite_loss"}
@@ -86,13 +89,20 @@ class Daemon:
         self.prequential = PrequentialAccuracy()
         self.stats = StreamStats()
         self.offsets: dict[int, int] = {}  # next offset per partition, applied to the learned state
+        self._dead_letter_ends: dict[int, int] = {}  # the dead-letter topic's ends at the restored checkpoint
         self.last_checkpoint: dict[str, float] = {}
         self._input = self.learner.input_config
         self._stop = threading.Event()
-        self._since_checkpoint = 0
+        self._since_checkpoint = 0  # records read since the last checkpoint
+        self._changed = False  # state changed without a record read (a boundary while idle)
         self._checkpoint_clock = time.monotonic()
+        self.checkpoint_failures = 0  # failed checkpoint attempts (disk full, read-only, dead letters undelivered)
+        self.checkpoint_problem: str | None = None  # why the last attempt failed; None once one succeeds
+        self._checkpoint_retry = backoff_delays(1.0, 60.0)
+        self._checkpoint_retry_at = 0.0
         self._idle_since: float | None = None
-        self.heartbeat = self.last_learned_at = time.monotonic()
+        self.connected = False  # the source has its partitions (else: waiting for the broker or the topic)
+        self.heartbeat = self.last_learned_at = self.caught_up_at = time.monotonic()
         self.last_loss = float("nan")
         self.last_update_seconds = self.last_consolidation_seconds = 0.0
         self.snapshots = SnapshotPublisher()
@@ -101,6 +111,7 @@ class Daemon:
         self._rate_window: deque = deque(maxlen=50)  # (monotonic time, records learned) for throughput
         self.http: HttpServer | None = None
         self._published_at_update = -1
+        self._published_clock = time.monotonic()
 
     # ------------------------------------------------------------------ control (any thread)
 
@@ -118,28 +129,43 @@ class Daemon:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> int:
+        """Learn until stopped; 0 after a clean stop with a final checkpoint, 1 when that checkpoint could not
+        be written. An unexpected error propagates after closing, without a checkpoint."""
         self.restore()
         self.publish()
         self.start_http()
-        if not self.source.connect(self.offsets, self._stop.is_set):
-            self.stop_http()
-            return 0
-        self.dead_letters.prepare()
         try:
+            if not self.source.connect(self.offsets, self._stop_requested):
+                return self.shutdown()
+            self.connected = True
+            self.dead_letters.prepare()
+            self.dead_letters.resume(self._dead_letter_ends, self.config.kafka.topic)
             while not self.stopping:
-                records = self.source.next_batch(self._stop.is_set)
-                samples = self.decode(records)
-                self.learn(samples)
-                self.advance(records)
-                self.maybe_checkpoint()
-                self.maybe_publish()
-                self.lag()  # refreshes end offsets every lag_interval_s (and notices a reset log)
+                records = self.source.next_batch(self._stop_requested)
+                self.step(records)
                 if self._idle_long_enough(records):
                     log.info("caught up and idle for %.1f s: stopping", self.config.exit_when_idle_s)
                     break
-        finally:
-            self.shutdown()
-        return 0
+        except BaseException:
+            log.error("stopping on an unexpected error, without a checkpoint: a restart resumes from the last one")
+            self.close()
+            raise
+        return self.shutdown()
+
+    def step(self, records: Sequence[Any]) -> None:
+        """One batch through every stage. Learned state and offsets agree again once `advance` has run."""
+        samples = self.decode(records)
+        self.learn(samples)
+        self.advance(records)
+        self.maybe_checkpoint()
+        self.maybe_publish(idle=not records)
+        self.lag()  # refreshes end offsets every lag_interval_s (and notices a reset log)
+
+    def _stop_requested(self) -> bool:
+        """The source's stop check, called every few ms while it polls or waits: also the loop's heartbeat,
+        so a daemon waiting for a broker or a topic is alive for health checks."""
+        self.heartbeat = time.monotonic()
+        return self._stop.is_set()
 
     def decode(self, records: Sequence[Any]) -> list[_Decoded]:
         decoded = []
@@ -153,12 +179,16 @@ class Daemon:
 
     def learn(self, decoded: list[_Decoded]) -> None:
         for run in self._runs(self._within_capacity(decoded)):
-            cause = self.policy.before(run[0].sample.segment)
+            cause = self.policy.before(run[0].sample.segment, [d.sample.segment for d in run[1:]])
             if cause:
                 self.consolidate(cause)
             self._learn_run(run)
+        if not decoded and self.policy.before(None):  # an operator request while idle: applied now
+            self.consolidate("operator")
         self.heartbeat = time.monotonic()  # the loop is alive (health checks)
-        if decoded:
+        if not decoded:
+            self.caught_up_at = self.heartbeat
+        else:
             self.last_learned_at = self.heartbeat
             self._rate_window.append((self.heartbeat, self.stats.learned))
             if not self.curve or self.stats.learned - self.curve[-1][0] >= 20:
@@ -172,18 +202,10 @@ class Daemon:
     # ------------------------------------------------------------------ stages' parts
 
     def _runs(self, decoded: list[_Decoded]) -> list[list[_Decoded]]:
-        """Split a batch where the segment marker changes (against the last non-None marker, records without
-        one never split), so a marker boundary falls exactly between runs."""
-        runs: list[list[_Decoded]] = []
-        last = self.policy.last_marker
-        for item in decoded:
-            marker = item.sample.segment
-            if not runs or self.policy.marker_changes(last, marker):
-                runs.append([item])
-            else:
-                runs[-1].append(item)
-            last = marker if marker is not None else last
-        return runs
+        """Split a batch where a marker boundary falls (`BoundaryPolicy.marker_starts`), so it falls exactly
+        between runs."""
+        cuts = [0, *[i for i in self.policy.marker_starts([d.sample.segment for d in decoded]) if i], len(decoded)]
+        return [decoded[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
     def _within_capacity(self, decoded: list[_Decoded]) -> list[_Decoded]:
         """Dead-letter records whose new label would exceed the head's capacity."""
@@ -240,6 +262,7 @@ class Daemon:
         self.stats.boundaries[cause] += 1
         self.stats.boundary_positions = [*self.stats.boundary_positions[1 - BOUNDARY_HISTORY:], self.stats.learned]
         self.policy.consolidated(cause)
+        self._changed = True
         self.publish()
         log.info("boundary (%s) after %d records: ranks %s", cause, self.stats.learned,
                  dict(list(ranks.items())[:4]), extra={"cause": cause})
@@ -258,34 +281,50 @@ class Daemon:
     def maybe_checkpoint(self) -> None:
         every = self.config.checkpoint
         due_records = self._since_checkpoint >= every.every_records
-        due_time = every.every_seconds is not None and self._since_checkpoint > 0 and \
+        due_time = every.every_seconds is not None and (self._since_checkpoint > 0 or self._changed) and \
             time.monotonic() - self._checkpoint_clock >= every.every_seconds
-        if due_records or due_time:
+        retry_due = self.checkpoint_problem is None or time.monotonic() >= self._checkpoint_retry_at
+        if (due_records or due_time) and retry_due:
             self.checkpoint()
 
     def checkpoint(self) -> bool:
         """Write state + offsets durably, then commit the offsets to Kafka. Dead letters are flushed first:
-        a checkpoint never moves past a bad record whose dead letter is not delivered."""
+        a checkpoint never moves past a bad record whose dead letter is not delivered. A failure (dead letters
+        undelivered, disk full, read-only directory) is logged, counted and retried with backoff by
+        `maybe_checkpoint`; learning and serving go on, and no offset is committed past the last durable one."""
         if not self.dead_letters.flush():
-            log.warning("checkpoint postponed: dead letters not delivered")
-            return False
+            return self._checkpoint_failed(f"{self.dead_letters.unconfirmed} dead letter(s) not delivered")
         started = time.perf_counter()
-        path = self.store.save(self.state_dict())
+        try:
+            path = self.store.save(self.state_dict())
+        except OSError as exc:
+            return self._checkpoint_failed(f"cannot write to {self.store.directory}: {exc.strerror or exc}")
         self.last_checkpoint = {"time": time.time(), "seconds": time.perf_counter() - started,
                                 "bytes": float(path.stat().st_size)}
-        self._since_checkpoint, self._checkpoint_clock = 0, time.monotonic()
+        self._since_checkpoint, self._changed, self._checkpoint_clock = 0, False, time.monotonic()
+        self.checkpoint_problem, self._checkpoint_retry = None, backoff_delays(1.0, 60.0)
         if self.source.consumer is not None and self.offsets:
             self.source.commit(self.offsets)
+        self.publish()  # the served model is never older than what a checkpoint holds
         log.info("checkpoint %s: %d records learned, prequential accuracy %.3f (window %.3f), %d dead letters",
                  path.name, self.stats.learned, self.prequential.cumulative, self.prequential.windowed,
                  sum(self.stats.dead_letters.values()))
         return True
+
+    def _checkpoint_failed(self, problem: str) -> bool:
+        delay = next(self._checkpoint_retry)
+        self.checkpoint_failures += 1
+        self.checkpoint_problem = problem
+        self._checkpoint_retry_at = time.monotonic() + delay
+        log.error("checkpoint failed (%s): learning and serving go on, retry in %.0f s", problem, delay)
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": STATE_FORMAT,
             "topic": self.config.kafka.topic,
             "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
+            "dead_letter_ends": {str(p): o for p, o in sorted(self.dead_letters.ends.items())},
             "learner": self.learner.state_dict(),
             "policy": self.policy.state_dict(),
             "prequential": self.prequential.state_dict(),
@@ -294,26 +333,60 @@ class Daemon:
         }
 
     def restore(self) -> None:
-        checkpoint = self.store.load_latest()
-        if checkpoint is None:
-            log.info("no checkpoint in %s: starting fresh", self.store.directory)
+        """Continue from the newest checkpoint whose state applies; one that does not (corrupt, malformed,
+        truncated) is named in the log and the previous one is tried. A state made under another learner
+        config stops the start with StateMismatchError naming the file and the field."""
+        for checkpoint in self.store.intact():
+            try:
+                self._apply(checkpoint.state)
+            except StateMismatchError as exc:
+                raise StateMismatchError(f"checkpoint {checkpoint.path}: {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - any failure to apply one checkpoint means "try the previous"
+                log.error("checkpoint %s is corrupt (%s: %s), trying the previous one", checkpoint.path,
+                          type(exc).__name__, exc)
+                self._reset_state()
+                continue
+            log.info("restored %s: %d records learned, offsets %s", checkpoint.path.name, self.stats.learned,
+                     self.offsets)
             return
-        state = checkpoint.state
+        if self.store.paths():  # starting fresh would prune them away: an operator decides
+            raise CheckpointError(f"none of the checkpoints in {self.store.directory} can be used (see the log); "
+                                  "move them away to start fresh")
+        log.info("no checkpoint in %s: starting fresh", self.store.directory)
+
+    def _apply(self, state: dict[str, Any]) -> None:
         if state.get("topic") != self.config.kafka.topic:
-            log.warning("checkpoint %s was for topic %r, not %r: its offsets are ignored", checkpoint.path.name,
-                        state.get("topic"), self.config.kafka.topic)
+            log.warning("checkpoint was for topic %r, not %r: its offsets are ignored", state.get("topic"),
+                        self.config.kafka.topic)
+            offsets = {}
         else:
-            self.offsets = {int(p): o for p, o in state["offsets"].items()}
+            offsets = {int(p): int(o) for p, o in state["offsets"].items()}
         self.learner.load_state_dict(state["learner"])
         self.policy.load_state_dict(state["policy"])
         self.prequential.load_state_dict(state["prequential"])
         self.stats.load_state_dict(state["stats"])
-        log.info("restored %s: %d records learned, offsets %s", checkpoint.path.name, self.stats.learned,
-                 self.offsets)
+        self.offsets = offsets
+        self._dead_letter_ends = {int(p): int(o) for p, o in state.get("dead_letter_ends", {}).items()}
 
-    def shutdown(self) -> None:
-        if self._since_checkpoint or not self.store.paths():
-            self.checkpoint()
+    def _reset_state(self) -> None:
+        """Fresh learned state after a checkpoint failed half-way through being applied."""
+        self.learner = create_learner(self.config.learner)
+        self.policy, self.prequential, self.stats = BoundaryPolicy(self.config.drift), PrequentialAccuracy(), \
+            StreamStats()
+        self.offsets, self._dead_letter_ends = {}, {}
+
+    def shutdown(self) -> int:
+        """After a clean stop: the final checkpoint (when anything changed), then close. 1 if it failed."""
+        written = True
+        if self._since_checkpoint or self._changed or not self.store.paths():
+            written = self.checkpoint()
+        self.close()
+        if not written:
+            log.error("stopped without a final checkpoint (%s): a restart resumes from the last one",
+                      self.checkpoint_problem)
+        return 0 if written else 1
+
+    def close(self) -> None:
         self.stop_http()
         self.dead_letters.close()
         self.source.close()
@@ -324,9 +397,15 @@ class Daemon:
         """A new immutable snapshot for readers (HTTP predictions)."""
         self.snapshots.publish(self.learner, self.stats.learned)
         self._published_at_update = self.learner.updates
+        self._published_clock = time.monotonic()
 
-    def maybe_publish(self) -> None:
-        if self.learner.updates - self._published_at_update >= self.config.http.snapshot_every_updates:
+    def maybe_publish(self, idle: bool) -> None:
+        """Publish when updates are pending and there are many, or the last snapshot is old, or the stream
+        went idle: the served model never stays behind what was learned for long."""
+        pending = self.learner.updates - self._published_at_update
+        http = self.config.http
+        old = time.monotonic() - self._published_clock >= http.snapshot_max_age_s
+        if pending and (idle or old or pending >= http.snapshot_every_updates):
             self.publish()
 
     def start_http(self) -> None:
@@ -359,6 +438,24 @@ class Daemon:
         """`cached_lag` after refreshing the end offsets when older than `kafka.lag_interval_s`."""
         self.source.end_offsets(self.config.kafka.lag_interval_s)
         return self.cached_lag()
+
+    def not_ready(self) -> str | None:
+        """Why the learner is not ready (read by /readyz), or None: not connected to its topic yet, the broker
+        silent for 3 lag intervals (`kafka.lag_interval_s`), checkpoints failing, or records waiting while
+        nothing has been learned for `http.stall_after_s` since the daemon was last caught up."""
+        now, kafka = time.monotonic(), self.config.kafka
+        if not self.connected:
+            return f"waiting for topic {kafka.topic} on {kafka.bootstrap_servers}"
+        answered = self.source.answered_at
+        silent_for = 3 * kafka.lag_interval_s
+        if answered is None or now - answered > silent_for:
+            return f"broker {kafka.bootstrap_servers} has not answered for over {silent_for:.0f} s"
+        if self.checkpoint_problem is not None:
+            return f"checkpoints failing: {self.checkpoint_problem}"
+        progress = max(self.last_learned_at, self.caught_up_at)
+        if any(self.cached_lag().values()) and now - progress > self.config.http.stall_after_s:
+            return "stalled: records waiting, none learned"
+        return None
 
     def _idle_long_enough(self, records: Sequence[Any]) -> bool:
         limit = self.config.exit_when_idle_s

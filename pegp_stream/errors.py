@@ -22,3 +22,7 @@ class CheckpointError(PegpError):
 
 class LabelCapacityError(PegpError):
     """A new label arrived but the classifier head is already at its configured capacity."""
+
+
+class StateMismatchError(CheckpointError):
+    """A saved state was made under another configuration (backbone, PET layout): the message names the field."""

@@ -66,6 +66,8 @@ class StateCollector(Collector):
         version = GaugeMetricFamily("pegp_model_version", "Version (learner updates) of the served snapshot")
         version.add_metric([], predictor.info.version if predictor else 0)
         yield version
+        yield _gauge("pegp_model_records_learned", "Records learned into the served snapshot", None,
+                     {"": predictor.info.records_learned if predictor else 0})
         if self.daemon is not None:
             yield from self._learner_metrics(self.daemon)
 
@@ -94,6 +96,10 @@ class StateCollector(Collector):
         checkpoint = daemon.last_checkpoint
         yield _gauge("pegp_last_checkpoint_timestamp_seconds", "Unix time of the last durable checkpoint", None,
                      {"": checkpoint.get("time", 0.0)})
+        yield _counter("pegp_checkpoint_failures", "Checkpoint attempts that failed (disk, dead letters undelivered)",
+                       None, {"": daemon.checkpoint_failures})
+        yield _gauge("pegp_dead_letters_unconfirmed", "Dead letters sent but not yet acknowledged by the broker",
+                     None, {"": daemon.dead_letters.unconfirmed})
         yield _gauge("pegp_last_checkpoint_duration_seconds", "Duration of the last checkpoint write", None,
                      {"": checkpoint.get("seconds", 0.0)})
         yield _gauge("pegp_learner_heartbeat_age_seconds", "Seconds since the learner loop last came round", None,

@@ -172,26 +172,26 @@ markers = st.lists(st.one_of(st.none(), st.sampled_from(["a", "b", 1, 2])), max_
 
 @settings(max_examples=60, deadline=None)
 @given(markers)
-def test_marker_boundaries_exactly_where_the_marker_changes(sequence):
-    policy = BoundaryPolicy({"min_segment_length": 1000, "cooldown": 1000})
-    previous, expected = None, []
+def test_marker_boundaries_exactly_where_a_new_marker_appears(sequence):
+    policy = BoundaryPolicy({"min_segment_length": 1000, "cooldown": 1000, "min_marker_gap": 1})
+    seen, expected = [], []
     for marker in sequence:
-        expected.append("marker" if marker is not None and previous is not None and marker != previous else None)
-        previous = marker if marker is not None else previous
+        expected.append("marker" if marker is not None and seen and marker not in seen else None)
+        seen += [marker] if marker is not None and marker not in seen else []
     assert [policy.observe(marker) for marker in sequence] == expected
     ignoring = BoundaryPolicy({"markers": False})
     assert [ignoring.observe(marker) for marker in sequence] == [None] * len(sequence)
 
 
 def test_markers_compare_type_and_value():
-    policy = BoundaryPolicy()
+    policy = BoundaryPolicy({"min_marker_gap": 1})
     assert [policy.observe(m) for m in [1, np.int64(1), "1", "1", 2]] == [None, None, "marker", None, "marker"]
     with pytest.raises(TypeError, match="segment_marker"):
         policy.observe(1.5)
 
 
 def test_operator_request_bypasses_min_segment_length_and_is_consumed():
-    policy = BoundaryPolicy({"detector": "page_hinkley", "min_segment_length": 1000})
+    policy = BoundaryPolicy({"detector": "page_hinkley", "min_segment_length": 1000, "min_marker_gap": 1})
     assert policy.observe("a", 0.5) is None
     policy.request()
     assert policy.observe("a", 0.6) == "operator"
@@ -305,12 +305,11 @@ def daemon_like(policy: BoundaryPolicy, segments: list, values, run: int = 8, re
     the new segment, cause)."""
     found, start = [], 0
     while start < len(values):
-        end = start + 1
-        while end < min(start + run, len(values)) and not policy.marker_changes(segments[end - 1], segments[end]):
-            end += 1
+        window = segments[start : start + run]
+        end = start + next((i for i in policy.marker_starts(window) if i), len(window))
         if start in requests:
             policy.request()
-        if cause := policy.before(segments[start]):
+        if cause := policy.before(segments[start], segments[start + 1 : end]):
             policy.consolidated(cause)
             found.append((start, cause))
         detected = None
@@ -339,12 +338,31 @@ def test_split_phase_use_matches_the_debounce_rules():
     assert [every.observe(m) for m in segments].count(None) == len(segments) - 2  # observe agrees
 
 
-def test_marker_changes_is_pure():
-    policy = BoundaryPolicy()
-    assert policy.marker_changes("a", "b") and policy.marker_changes(1, "1") and policy.marker_changes(np.int64(1), 2)
-    assert not policy.marker_changes("a", "a") and not policy.marker_changes(None, "b")
-    assert not policy.marker_changes("a", None) and policy.state_dict() == BoundaryPolicy().state_dict()
-    assert not BoundaryPolicy({"markers": False}).marker_changes("a", "b")
+def test_marker_starts_is_pure():
+    policy = BoundaryPolicy({"min_marker_gap": 2})
+    assert policy.marker_starts(["a", "a", "b", 1, "1", "a", None, "c"]) == [2, 4, 7]
+    assert BoundaryPolicy().marker_starts([None, "a", "b"]) == []  # "b" within the default gap of 10
+    assert policy.state_dict() == BoundaryPolicy({"min_marker_gap": 2}).state_dict()
+    assert BoundaryPolicy({"markers": False}).marker_starts(["a", "b", "c"]) == []
+
+
+def test_a_marker_seen_before_never_starts_a_segment():
+    """Records of the previous segment arriving late (several partitions) or a producer flipping between two
+    markers make one boundary per new marker, no more."""
+    policy = BoundaryPolicy({"min_marker_gap": 1})
+    causes = [policy.observe(m) for m in ["s0"] * 5 + ["s1", "s0", "s1", "s0"] + ["s2"] * 3 + ["s1", "s2"]]
+    assert causes.count("marker") == 2 and causes[5] == "marker" and causes[9] == "marker"
+    resumed = BoundaryPolicy({"min_marker_gap": 1})
+    resumed.load_state_dict(through_json(policy.state_dict()))
+    assert [resumed.observe(m) for m in ["s0", "s1", "s2", "s3"]] == [None, None, None, "marker"]
+
+
+def test_new_markers_within_the_gap_are_debounced():
+    """A marker on every record cannot make every record a consolidation: at most one per min_marker_gap."""
+    policy = BoundaryPolicy({"min_marker_gap": 10})
+    causes = [policy.observe(i) for i in range(100)]
+    assert [i for i, c in enumerate(causes) if c] == list(range(10, 100, 10))
+    assert policy.dropped_markers == 99 - 9
 
 
 def test_feature_shift_state_from_another_window_is_refused():

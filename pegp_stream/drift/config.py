@@ -118,7 +118,11 @@ class DriftConfig(Frozen):
         50, ge=0, description="after any boundary the reset detector is fed but its firings are dropped "
         "for this many samples, while it rebuilds its reference",
     )
-    markers: bool = Field(True, description="honour explicit segment markers (a change is a boundary)")
+    markers: bool = Field(True, description="honour explicit segment markers (a new marker is a boundary)")
+    min_marker_gap: Positive = Field(
+        10, description="a new marker fewer than this many samples after the last boundary is taken as the "
+        "current segment without a boundary (bounds a producer that changes markers on every record)",
+    )
 
     @field_validator("detector", mode="before")
     @classmethod

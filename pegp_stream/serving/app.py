@@ -150,11 +150,13 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
         out: dict[str, Any] = {
             "version": info.version if info else 0, "classes": info.classes if info else [],
             "segments": info.segments if info else 0, "ranks": info.ranks if info else {},
-            "records_learned": info.records_learned if info else 0, "lag": {}, "last_checkpoint_time": None,
+            "records_learned": info.records_learned if info else 0,
+            "records_in_model": info.records_learned if info else 0, "lag": {}, "last_checkpoint_time": None,
         }
         if daemon is not None:
             learner = daemon.learner.config
             out.update({"paradigm": learner.pet.kind, "backbone": learner.backbone.name,
+                        "records_learned": daemon.stats.learned, "updates": daemon.learner.updates,
                         "lag": {str(p): n for p, n in daemon.cached_lag().items()},
                         "offsets": {str(p): o for p, o in daemon.offsets.items()},
                         "last_checkpoint_time": daemon.last_checkpoint.get("time")})
@@ -202,13 +204,15 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
             return JSONResponse({"status": "learner loop silent"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "no warmed snapshot yet, or records waiting, none learned"}})
+    @app.get("/readyz", responses={503: {"description": "no warmed snapshot yet, or the learner is not ready: "
+                                                        "waiting for its topic, broker silent, checkpoints "
+                                                        "failing, or stalled"}})
     def readyz() -> Any:
         if snapshots.current is None or not snapshots.current.warmed:
             return JSONResponse({"status": "no warmed snapshot yet"}, status_code=503)
-        if daemon is not None and any(daemon.cached_lag().values()) and \
-                time.monotonic() - daemon.last_learned_at > config.stall_after_s:
-            return JSONResponse({"status": "stalled: records waiting, none learned"}, status_code=503)
+        problem = daemon.not_ready() if daemon is not None else None
+        if problem is not None:
+            return JSONResponse({"status": problem}, status_code=503)
         return {"status": "ready", "model_version": snapshots.current.info.version}
 
     @app.get("/metrics", response_class=PlainTextResponse,

@@ -30,7 +30,7 @@ class ModelInfo:
 class Predictor:
     """Predicts with a frozen copy of a learner's PET tensors and head at one moment."""
 
-    def __init__(self, learner: Learner, info: ModelInfo) -> None:
+    def __init__(self, learner: Learner, info: ModelInfo, warm: bool = True) -> None:
         shared = {id(t): t for t in _frozen_tensors(learner)}
         self.backbone = copy.deepcopy(learner.backbone, memo=dict(shared))
         self.head = copy.deepcopy(learner.head)
@@ -38,7 +38,8 @@ class Predictor:
         self.input_size = learner.input_size
         self.input_config = learner.input_config
         self._autocast = learner._autocast
-        self.predict(torch.zeros(1, *self.input_size))  # warm-up: the first request pays no lazy init
+        if warm:  # the first request pays no lazy init (later snapshots run on initialised kernels)
+            self.predict(torch.zeros(1, *self.input_size))
         self.warmed = True
 
     @torch.no_grad()
@@ -72,7 +73,7 @@ class SnapshotPublisher:
     def publish(self, learner: Learner, records_learned: int) -> Predictor:
         info = ModelInfo(version=learner.updates, classes=list(learner.classes), segments=learner.consolidations + 1,
                          ranks=learner.ranks, records_learned=records_learned)
-        predictor = Predictor(learner, info)
+        predictor = Predictor(learner, info, warm=self._current is None)
         with self._lock:
             if self._current is None or info.version >= self._current.info.version:
                 self._current = predictor  # one reference assignment: readers see old or new, never a mix

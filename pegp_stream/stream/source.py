@@ -57,6 +57,7 @@ class KafkaSource:
         self.resets = 0  # times a partition's log was found reset (lost or truncated) under us
         self._last_seen: dict[int, Any] = {}  # last fetched record per partition (offset, timestamp, value)
         self._verified_end: dict[int, int] = {}  # end offset at which the log was last found intact
+        self.answered_at: float | None = None  # monotonic time the broker last answered a ListOffsets request
 
     # ------------------------------------------------------------------ connection
 
@@ -185,6 +186,7 @@ class KafkaSource:
             log.warning("end offsets unavailable (%s: %s)", type(exc).__name__, exc)
             return
         self._end = {tp.partition: offset for tp, offset in ends.items()}
+        self.answered_at = now
         for tp in self.partitions:
             end = self._end.get(tp.partition, 0)
             suspicious = end < self._fetched[tp.partition] and end != self._verified_end.get(tp.partition)
