@@ -1,4 +1,5 @@
-"""Tests for pegp_stream.datasets: the registry, each loader, checksums and the CIFAR-10 decode cache."""
+"""Tests for pegp_stream.datasets: the registry, each loader, checksums, the CIFAR-10 decode cache, torchvision's
+layouts and downloads (refused here), and the demo's choice of stream."""
 
 from __future__ import annotations
 
