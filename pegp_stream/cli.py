@@ -14,6 +14,8 @@ from . import __version__
 from .errors import PegpError
 
 log = logging.getLogger("pegp_stream")
+DATA_DIR_HELP = ("folder with local data files (default: $PEGPSTREAM_DATA, else ../shared/data); data sets found "
+                 "in none are downloaded by torchvision into ~/.cache/pegp-stream/torchvision")
 
 
 def _fail(exc: Exception) -> None:
@@ -120,7 +122,7 @@ def broker(port: int, host: str) -> None:
 @click.option("--dataset", "datasets", multiple=True, required=True, help="data set(s), streamed in order")
 @click.option("--topic", required=True)
 @click.option("--bootstrap-servers", default="127.0.0.1:9092", show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False), help="folder with the data files")
+@click.option("--data-dir", type=click.Path(file_okay=False), help=DATA_DIR_HELP)
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--partitions", default=1, show_default=True, help="partitions of the topic if it is created")
 @click.option("--classes-per-segment", default=2, show_default=True)
@@ -260,7 +262,7 @@ def _demo_summary(checkpoints: Path) -> dict:
 
 @main.command()
 @click.option("--dataset", default="cifar10", show_default=True, help="data set to pretrain on")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="folder with the data files")
+@click.option("--data-dir", type=click.Path(file_okay=False), help=DATA_DIR_HELP)
 @click.option("--model", "model_name", default="vit_tiny_patch16_224", show_default=True, help="timm model name")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="timm model keyword, e.g. img_size=32 patch_size=4 embed_dim=192 depth=6 num_heads=3")

@@ -218,7 +218,9 @@ class StreamConfig(Frozen):
     """A labelled, class-incremental stream built from data sets (what `produce` sends and `replay` reads)."""
 
     datasets: tuple[str, ...] = Field(("digits",), min_length=1, description="data sets, streamed one after another")
-    data_dir: str | None = Field(None, description="folder with the data files (default: ../shared/data)")
+    data_dir: str | None = Field(None, description=(
+        "folder with local data files (default: $PEGPSTREAM_DATA, else ../shared/data); a data set found in "
+        "none is downloaded by torchvision into ~/.cache/pegp-stream/torchvision"))
     split: Literal["train", "test"] = "train"
     classes_per_segment: Positive = Field(2, description="classes per segment (per data set)")
     shuffle_classes: bool = Field(False, description="seeded shuffle of the class order")

@@ -3,21 +3,29 @@
 `load_dataset(name, split)` looks `name` up in one registry:
 
 - ``digits``: scikit-learn's bundled 8x8 digits (never downloads); a fixed stratified 80/20 split, seed 0.
-- ``mnist``, ``fashion_mnist``: the shared ``.npz`` files (keys ``xtrain ytrain xtest ytest``).
-- ``cifar10``: the shared ``cifar10_jpg.tar.xz`` (``<split>/<class>/NNNN.jpg``), decoded once and cached
-  as an uncompressed ``.npz`` keyed by the archive's sha256.
+- ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``svhn``: local files when there are any, else
+  torchvision's download. Each folder searched (``data_dir``; without it ``$PEGPSTREAM_DATA``, or
+  ``../shared/data``; then the download folder ``~/.cache/pegp-stream/torchvision``) may hold the shared
+  format (``mnist_uint8.npz``/``fashion_mnist_uint8.npz`` with keys ``xtrain ytrain xtest ytest``;
+  ``cifar10_jpg.tar.xz`` with ``<split>/<class>/NNNN.jpg``, decoded once and cached as an uncompressed
+  ``.npz`` keyed by the archive's sha256) or torchvision's layout (what its ``download=True`` writes).
+  Without either, torchvision downloads into the download folder; without network that fails with a
+  `DatasetError` naming both ways.
 - ``npz:<path>``: any ``.npz`` with keys ``xtrain ytrain xtest ytest`` or ``x y`` (train split only).
 - ``folder:<path>``: ``<path>/<class>/<image>`` or ``<path>/{train,test}/<class>/<image>``.
 
-Shared files are checked against the ``SHA256SUMS`` file beside them when one exists.
+Shared files are checked against the ``SHA256SUMS`` file beside them when one exists; torchvision checks
+the md5 of its CIFAR and SVHN files itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -32,12 +40,15 @@ from PIL import Image, UnidentifiedImageError
 from pegp_stream.errors import PegpError
 
 __all__ = [
+    "DATA_ENV",
     "DatasetError",
     "DatasetLoader",
     "LabelledImages",
     "SPLITS",
     "available_datasets",
     "default_cache_dir",
+    "default_data_dirs",
+    "download_dir",
     "file_sha256",
     "load_dataset",
     "read_sha256sums",
@@ -54,6 +65,9 @@ DIGIT_CLASS_NAMES = tuple(str(d) for d in range(10))
 FASHION_MNIST_CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
+# Environment variable naming the local data folder (instead of ../shared/data). Not PEGP_*: every PEGP_
+# variable sets a configuration key, and an unknown key is an error.
+DATA_ENV = "PEGPSTREAM_DATA"
 # Grayscale Pillow modes; any other mode is decoded as RGB.
 _GRAY_MODES = frozenset({"1", "L"})
 
@@ -164,10 +178,10 @@ def load_dataset(
 ) -> LabelledImages:
     """Load split `split` ("train" or "test") of the data set `name` into memory.
 
-    `data_dir` holds the shared files (``mnist``, ``fashion_mnist``, ``cifar10``); when ``None`` it is
-    ``../shared/data`` relative to the working directory, else relative to the repository root. For
+    `data_dir` is the folder with local files; when ``None`` the folders are `default_data_dirs()`. For
     ``npz:<path>`` and ``folder:<path>`` a relative path is taken relative to `data_dir` when given.
-    `cache_dir` holds decoded caches (default ``~/.cache/pegp-stream``). Raises `DatasetError`.
+    `cache_dir` holds decoded caches and torchvision's downloads (default ``~/.cache/pegp-stream``).
+    Raises `DatasetError`, also when a data set is neither local nor downloadable.
     """
     if split not in SPLITS:
         raise DatasetError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -268,19 +282,28 @@ def _repository_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def _locate_shared_file(filename: str, data_dir: Path | None) -> Path:
-    """The verified path of shared file `filename` in `data_dir`, or in the default ``../shared/data``."""
-    if data_dir is not None:
-        candidates = [data_dir]
-    else:
-        candidates = [Path.cwd() / ".." / "shared" / "data", _repository_root() / ".." / "shared" / "data"]
-    for directory in candidates:
-        if (directory / filename).is_file():
-            path = (directory / filename).resolve()
-            _verify_against_sums(path, required_entry=True)
-            return path
-    tried = ", ".join(str(d) for d in candidates)
-    raise DatasetError(f"{filename} not found (looked in {tried}); pass data_dir= the directory holding it")
+def default_data_dirs() -> tuple[Path, ...]:
+    """Folders searched for local data files when no data_dir is given: ``$PEGPSTREAM_DATA`` when set,
+    else ``../shared/data`` relative to the working directory, then relative to the repository root."""
+    if configured := os.environ.get(DATA_ENV):
+        return (Path(configured).expanduser(),)
+    candidates = (Path.cwd().parent / "shared" / "data", _repository_root().parent / "shared" / "data")
+    return tuple(dict.fromkeys(candidates))  # once each when the working directory is the repository root
+
+
+def download_dir(cache_dir: Path | None = None) -> Path:
+    """Where torchvision data sets are downloaded to (and read from offline): ``<cache_dir>/torchvision``."""
+    return (cache_dir or default_cache_dir()) / "torchvision"
+
+
+def _shared_file(folder: Path, filename: str) -> Path | None:
+    """The verified path of `folder/filename`, or None when it is absent."""
+    path = folder / filename
+    if not path.is_file():
+        return None
+    path = path.resolve()
+    _verify_against_sums(path, required_entry=True)
+    return path
 
 
 def _load_split_npz(
@@ -327,15 +350,14 @@ def _integer_labels(labels: np.ndarray, name: str) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def _shared_npz_loader(name: str, filename: str, class_names: tuple[str, ...]) -> DatasetLoader:
-    """A loader for shared npz file `filename` (keys xtrain, ytrain, xtest, ytest), verified if listed."""
+def _shared_npz_reader(name: str, class_names: tuple[str, ...]) -> SharedReader:
+    """A reader of a shared npz file (keys xtrain, ytrain, xtest, ytest) as data set `name`."""
 
-    def load(split: str, data_dir: Path | None, cache_dir: Path | None) -> LabelledImages:
-        images, labels, _ = _load_split_npz(_locate_shared_file(filename, data_dir), split, name)
+    def read(path: Path, split: str, cache_dir: Path | None) -> LabelledImages:
+        images, labels, _ = _load_split_npz(path, split, name)
         return LabelledImages(images, labels, class_names, name)
 
-    load.__doc__ = f"Load {name} from {filename}."
-    return load
+    return read
 
 
 def _load_digits(split: str, data_dir: Path | None, cache_dir: Path | None) -> LabelledImages:
@@ -364,9 +386,8 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "pegp-stream"
 
 
-def _load_cifar10(split: str, data_dir: Path | None, cache_dir: Path | None) -> LabelledImages:
+def _read_cifar10_archive(archive: Path, split: str, cache_dir: Path | None) -> LabelledImages:
     """CIFAR-10 from the JPEG archive, through a decoded cache keyed by the archive's sha256."""
-    archive = _locate_shared_file(CIFAR10_ARCHIVE, data_dir)
     cache_file = (cache_dir or default_cache_dir()) / f"cifar10-{file_sha256(archive)}.npz"
     decoded = _read_cache(cache_file)
     if decoded is None:
@@ -432,6 +453,105 @@ def _decode_split_archive(archive: Path) -> dict[str, np.ndarray]:
         labelled = [(label_of[c], f"{archive}:{split}/{c}/{f}", image) for c, f, image in entries]
         decoded[f"x{split}"], decoded[f"y{split}"] = _stack_images(labelled)
     return decoded
+
+
+# ------------------------------------------------------------------------------------- torchvision sets
+
+# A reader of one shared-format file: (path, split, cache_dir) -> the split.
+SharedReader = Callable[[Path, str, "Path | None"], LabelledImages]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a named data set can come from: its shared-format file (optional) and torchvision's class.
+
+    `layout` says where torchvision's files lie under a root folder (for error messages); `class_names`
+    None means torchvision's own ``classes`` attribute.
+    """
+
+    name: str
+    torchvision_class: str
+    layout: str
+    class_names: tuple[str, ...] | None = None
+    shared_file: str | None = None
+    read_shared: SharedReader | None = None
+
+
+def _torchvision_set(source: _Source, root: Path, split: str, download: bool) -> object:
+    """Construct torchvision's data set object for `split` under `root` (raises RuntimeError when absent)."""
+    import torchvision.datasets
+
+    factory = getattr(torchvision.datasets, source.torchvision_class)
+    if source.torchvision_class == "SVHN":
+        return factory(str(root), split=split, download=download)
+    return factory(str(root), train=split == "train", download=download)
+
+
+def _from_torchvision(dataset: object, source: _Source) -> LabelledImages:
+    """Convert a torchvision data set (MNIST-like tensors, CIFAR's NHWC arrays, SVHN's NCHW arrays)."""
+    images = np.asarray(dataset.data, dtype=np.uint8)
+    if source.torchvision_class == "SVHN":  # SVHN stores channels first
+        images = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+    labels = np.asarray(dataset.labels if hasattr(dataset, "labels") else dataset.targets, dtype=np.int64)
+    class_names = source.class_names or tuple(str(c) for c in dataset.classes)
+    return LabelledImages(images, labels, class_names, source.name)
+
+
+def _read_local(source: _Source, folder: Path, split: str, cache_dir: Path | None) -> LabelledImages | None:
+    """The split from `folder`'s shared-format file, else from torchvision's layout there; None if neither."""
+    if source.shared_file and (path := _shared_file(folder, source.shared_file)) is not None:
+        return source.read_shared(path, split, cache_dir)
+    try:
+        return _from_torchvision(_torchvision_set(source, folder, split, download=False), source)
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        return None
+
+
+def _download(source: _Source, split: str, target: Path) -> LabelledImages:
+    """Download `source` into `target` with torchvision (its progress lines go to stderr, not stdout)."""
+    target.mkdir(parents=True, exist_ok=True)
+    with contextlib.redirect_stdout(sys.stderr):
+        return _from_torchvision(_torchvision_set(source, target, split, download=True), source)
+
+
+def _torchvision_loader(source: _Source) -> DatasetLoader:
+    """Local files first (data_dir, or the default folders, then the download folder), else a download."""
+
+    def load(split: str, data_dir: Path | None, cache_dir: Path | None) -> LabelledImages:
+        folders = (data_dir,) if data_dir is not None else default_data_dirs()
+        target = download_dir(cache_dir)
+        for folder in (*folders, target):
+            if (found := _read_local(source, folder, split, cache_dir)) is not None:
+                return found
+        try:
+            return _download(source, split, target)
+        except (OSError, RuntimeError) as error:  # URLError is an OSError; torchvision wraps mirror failures
+            raise DatasetError(_unavailable_message(source, folders, target, error)) from error
+
+    load.__doc__ = f"Load {source.name} from local files or torchvision's download."
+    return load
+
+
+def _unavailable_message(source: _Source, folders: Iterable[Path], target: Path, error: Exception) -> str:
+    """Name both ways to get `source`: local files via --data-dir, or a download into `target`."""
+    forms = f"{source.shared_file} or " if source.shared_file else ""
+    reason = " ".join(str(error).split())
+    return (f"{source.name}: no local copy and the download failed ({reason}). Either pass --data-dir "
+            f"(stream.data_dir, or set {DATA_ENV}) a folder holding {forms}torchvision's {source.layout} "
+            f"(looked in {', '.join(str(f) for f in folders)}), or run once with network access: it downloads "
+            f"into {target}, which later runs read offline.")
+
+
+_DIGITS = DIGIT_CLASS_NAMES
+_SOURCES = (
+    _Source("mnist", "MNIST", "MNIST/raw/*-ubyte files", _DIGITS, "mnist_uint8.npz",
+            _shared_npz_reader("mnist", _DIGITS)),
+    _Source("fashion_mnist", "FashionMNIST", "FashionMNIST/raw/*-ubyte files", FASHION_MNIST_CLASS_NAMES,
+            "fashion_mnist_uint8.npz", _shared_npz_reader("fashion_mnist", FASHION_MNIST_CLASS_NAMES)),
+    _Source("cifar10", "CIFAR10", "cifar-10-batches-py/ folder", None, CIFAR10_ARCHIVE, _read_cifar10_archive),
+    _Source("cifar100", "CIFAR100", "cifar-100-python/ folder"),
+    _Source("svhn", "SVHN", "train_32x32.mat and test_32x32.mat", _DIGITS),
+)
 
 
 # ------------------------------------------------------------------------------------------ image files
@@ -507,10 +627,7 @@ def _folder_split_roots(path: Path, name: str) -> dict[str, Path]:
 
 
 register_dataset("digits", _load_digits)
-register_dataset("mnist", _shared_npz_loader("mnist", "mnist_uint8.npz", DIGIT_CLASS_NAMES))
-register_dataset(
-    "fashion_mnist", _shared_npz_loader("fashion_mnist", "fashion_mnist_uint8.npz", FASHION_MNIST_CLASS_NAMES)
-)
-register_dataset("cifar10", _load_cifar10)
+for _source in _SOURCES:
+    register_dataset(_source.name, _torchvision_loader(_source))
 _PATH_LOADERS["npz"] = _load_npz_path
 _PATH_LOADERS["folder"] = _load_folder

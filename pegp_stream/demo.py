@@ -2,14 +2,16 @@
 
 No pretrained ViT can be downloaded on offline machines, so the demo pretrains a tiny ViT on
 scikit-learn's bundled digits once (about 15 s on 2 cores) and caches it; the stream it then learns is
-a different, real data set (Split-MNIST from the shared data folder, or digits if that is absent).
+a different, real data set: Split-MNIST when local files or torchvision's download provide it, else digits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -18,6 +20,8 @@ from .config import BackboneConfig
 from .datasets import default_cache_dir, load_dataset
 from .pretrain import pretrain, save_backbone
 from .stream.preprocess import to_model_input
+
+logger = logging.getLogger(__name__)
 
 DEMO_BACKBONE = {
     "name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4,
@@ -42,10 +46,12 @@ def demo_backbone(cache_dir: Path | None = None, log: Callable[[str], None] | No
     return save_backbone(model, path)
 
 
+@cache  # the first answer holds for the process: an offline machine tries the download once
 def demo_stream_datasets() -> tuple[str, ...]:
-    """Split-MNIST where the shared data is reachable, else digits (bundled with scikit-learn)."""
+    """("mnist",) when MNIST can be had (local files or a download, see `load_dataset`), else ("digits",)."""
     try:
         load_dataset("mnist", split="test")
-    except Exception:  # any failure to find or read MNIST falls back to the bundled digits
+    except Exception as error:  # any failure to find, fetch or read MNIST falls back to the bundled digits
+        logger.warning("the demo streams scikit-learn's digits: %s", error)
         return ("digits",)
     return ("mnist",)

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 TINY_BACKBONE = {
     "name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4,
@@ -56,13 +55,6 @@ def digits_segment(classes: tuple[int, ...], count: int, offset: int = 0) -> tup
     images, labels = _digits()
     rows = np.flatnonzero(np.isin(labels, classes))[offset : offset + count]
     return images[rows].clone(), labels[rows].tolist()
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder {SHARED_DATA} not present")
-    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

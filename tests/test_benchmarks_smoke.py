@@ -76,10 +76,24 @@ def test_basis_refresh_quick(tmp_path: Path) -> None:
     assert [(int(r["d"]), r["method"]) for r in rows] == [(d, m) for d in (32, 64) for m in methods]
     for row in rows:
         if row["agreement"]:
-            assert 0.0 <= float(row["agreement"]) <= 1.0 + 1e-9
+            dtype = torch.float32 if row["method"] == "svd f32" else torch.float64
+            assert 0.0 <= float(row["agreement"]) <= _agreement_bound(int(row["d"]), dtype), row
     columns, sweep = _read(tmp_path / "basis_refresh_sweep.csv")
     assert columns == SWEEP_COLUMNS
     assert [(int(r["oversample"]), int(r["power_iters"])) for r in sweep] == SWEEP
+    assert all(0.0 <= float(r["agreement"]) <= _agreement_bound(int(r["d"]), torch.float64) for r in sweep)
+
+
+def _agreement_bound(d: int, dtype: torch.dtype) -> float:
+    """The largest subspace_agreement a d-dimensional basis computed in `dtype` can round to.
+
+    agreement = ||U^T V||_F^2 / k <= ||V||_F^2 / k exactly (U, the float64 reference, has orthonormal
+    columns), and ||V||_F^2 / k exceeds 1 only by how far V's columns miss unit norm. A basis from a
+    Householder-based factorisation (eigh, svd, qr) in `dtype` is orthonormal to within about d * eps(dtype)
+    (LAPACK's bound p(d) * eps), so the agreement may exceed 1 by that much: 1.6e-7 was seen for svd f32
+    at d=32, where d * eps(float32) = 3.8e-6; float64 rows stay within d * eps(float64) = 1.4e-14.
+    """
+    return 1.0 + d * torch.finfo(dtype).eps
 
 
 def test_step_bound_quick(tmp_path: Path) -> None:

@@ -1,11 +1,15 @@
-"""Tests for pegp_stream.datasets: the registry, each loader, checksums and the CIFAR-10 decode cache."""
+"""Tests for pegp_stream.datasets: the registry, each loader, checksums, the CIFAR-10 decode cache, torchvision's
+layouts and downloads (refused here), and the demo's choice of stream."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import re
+import struct
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ import pytest
 from PIL import Image
 
 from pegp_stream import datasets
+from pegp_stream.config import DaemonConfig, load
 from pegp_stream.datasets import (
     FASHION_MNIST_CLASS_NAMES,
     DatasetError,
@@ -30,12 +35,35 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """The real data files in ``../shared/data`` beside the repository; skips when they are absent."""
-    directory = (REPO_ROOT / ".." / "shared" / "data").resolve()
-    missing = [f for f in SHARED_FILES if not (directory / f).is_file()]
-    if missing:
-        pytest.skip(f"shared data files {missing} not found in {directory} (see shared/data/README.md)")
-    return directory
+    """The real data files where load_dataset looks by default ($PEGPSTREAM_DATA, else ../shared/data);
+    skips, naming the folders and how to point at the files, when a clone has none of them."""
+    folders = datasets.default_data_dirs()
+    for directory in folders:
+        if all((directory / f).is_file() for f in SHARED_FILES):
+            return directory.resolve()
+    pytest.skip(f"needs the shared data files {', '.join(SHARED_FILES)}, found in none of "
+                f"{', '.join(str(f) for f in folders)}; set {datasets.DATA_ENV} to the folder holding them")
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> None:
+    """Every download in the test meets a refused connection: urllib (torchvision's downloader) and the
+    proxy variables other clients read are pointed at a local port nothing listens on."""
+    dead = "http://127.0.0.1:9"
+    for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(variable, dead)
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": dead, "https": dead}))
+    monkeypatch.setattr(urllib.request, "_opener", opener)  # urlopen's process-wide opener, built once
+
+
+@pytest.fixture
+def no_local_data(monkeypatch, tmp_path) -> Path:
+    """No default data folder and an empty default cache (HOME in tmp); returns that cache folder."""
+    monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path / "no-data-here"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / ".cache" / "pegp-stream"
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -78,7 +106,7 @@ def test_labelled_images_validates_and_subsets():
 
 
 def test_unknown_name_and_split_fail_with_the_valid_choices():
-    valid = "valid: cifar10, digits, fashion_mnist, mnist, folder:<path>, npz:<path>"
+    valid = "valid: cifar10, cifar100, digits, fashion_mnist, mnist, svhn, folder:<path>, npz:<path>"
     with pytest.raises(DatasetError, match=valid):
         load_dataset("imagenet")
     with pytest.raises(DatasetError, match="unknown dataset 'zip:x'"):
@@ -137,20 +165,39 @@ def test_mnist_class_counts_are_the_official_ones(shared_data_dir):
     assert np.bincount(train.labels).tolist() == official
 
 
-def test_default_data_dir_from_cwd_or_repository_root(shared_data_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO_ROOT)
-    assert len(load_dataset("mnist", "test")) == 10000
-    monkeypatch.chdir(tmp_path)  # ../shared/data from here does not exist: falls back to the repository root
-    assert len(load_dataset("fashion_mnist", "test")) == 10000
+def test_default_data_dir_is_env_else_shared_from_cwd_or_repository_root(tmp_path, monkeypatch):
+    monkeypatch.delenv(datasets.DATA_ENV, raising=False)
+    repo, shared = tmp_path / "repo", tmp_path / "shared" / "data"
+    (tmp_path / "elsewhere" / "deeper").mkdir(parents=True)
+    shared.mkdir(parents=True)
+    repo.mkdir()
+    _tiny_mnist_npz(shared)
+    monkeypatch.setattr(datasets, "_repository_root", lambda: repo)
+    monkeypatch.chdir(repo)
+    assert len(load_dataset("mnist", "test")) == 2
+    monkeypatch.chdir(tmp_path / "elsewhere" / "deeper")  # no ../shared/data here: the repository root's
+    assert len(load_dataset("mnist", "train")) == 6
+    own = tmp_path / "own"
+    own.mkdir()
+    _tiny_mnist_npz(own, train=3)
+    monkeypatch.setenv(datasets.DATA_ENV, str(own))  # $PEGPSTREAM_DATA replaces ../shared/data
+    assert datasets.default_data_dirs() == (own,)
+    assert len(load_dataset("mnist", "train")) == 3
+    assert load(DaemonConfig, None, {datasets.DATA_ENV: str(own)}) == DaemonConfig()  # not a config key
 
 
-def test_missing_shared_file_says_which_dir_to_pass(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(datasets, "_repository_root", lambda: tmp_path / "repo")
-    with pytest.raises(DatasetError, match="mnist_uint8.npz not found .*pass data_dir="):
-        load_dataset("mnist")
-    with pytest.raises(DatasetError, match=re.escape(f"looked in {tmp_path / 'elsewhere'}")):
-        load_dataset("mnist", data_dir=tmp_path / "elsewhere")
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "cifar10", "cifar100", "svhn"])
+def test_unavailable_data_set_names_both_ways(name, tmp_path, no_network, no_local_data):
+    with pytest.raises(DatasetError) as raised:
+        load_dataset(name, "test")
+    message = str(raised.value)
+    assert "download failed" in message and "Connection refused" in message
+    assert "--data-dir" in message and "stream.data_dir" in message and datasets.DATA_ENV in message
+    assert str(tmp_path / "no-data-here") in message  # where it looked
+    assert f"downloads into {no_local_data / 'torchvision'}" in message
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(DatasetError, match=re.escape(f"looked in {elsewhere})")):
+        load_dataset(name, data_dir=elsewhere, cache_dir=tmp_path / "cache")
 
 
 def test_shared_checksums_verify(shared_data_dir):
@@ -161,11 +208,11 @@ def test_shared_checksums_verify(shared_data_dir):
 # ------------------------------------------------------------------------------------------ checksums
 
 
-def _tiny_mnist_npz(directory: Path) -> Path:
+def _tiny_mnist_npz(directory: Path, train: int = 6) -> Path:
     path = directory / "mnist_uint8.npz"
     rng = np.random.default_rng(0)
-    xtrain = rng.integers(0, 256, (6, 4, 4), dtype=np.uint8)
-    np.savez(path, xtrain=xtrain, ytrain=np.arange(6, dtype=np.uint8),
+    xtrain = rng.integers(0, 256, (train, 4, 4), dtype=np.uint8)
+    np.savez(path, xtrain=xtrain, ytrain=np.arange(train, dtype=np.uint8),
              xtest=np.zeros((2, 4, 4), np.uint8), ytest=np.array([0, 9], np.uint8))
     return path
 
@@ -378,3 +425,131 @@ def test_real_cifar10_loads(shared_data_dir):
     assert train.class_names == CIFAR10_CLASSES
     assert np.bincount(train.labels).tolist() == [5000] * 10
     assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+# ---------------------------------------------------------------------- torchvision's layout (tiny copies)
+# Each writer lays out a few images exactly as torchvision's download leaves them, so the loaders read them
+# through torchvision with download=False: the path a download ends in, and the offline one.
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """The MNIST idx format: magic 0x0000080<ndim> (unsigned bytes), big-endian int32 sizes, raw bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(f">I{array.ndim}I", 0x0800 | array.ndim, *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def _tiny_torchvision_mnist(root: Path, folder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`root/<folder>/raw/` with 5 train and 3 test 28x28 images; returns {split: (images, labels)}."""
+    rng = np.random.default_rng(1)
+    splits = {"train": (rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), np.array([3, 1, 4, 1, 5])),
+              "test": (rng.integers(0, 256, (3, 28, 28), dtype=np.uint8), np.array([9, 2, 6]))}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = splits[split]
+        _write_idx(root / folder / "raw" / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(root / folder / "raw" / f"{prefix}-labels-idx1-ubyte", labels)
+    return splits
+
+
+@pytest.mark.parametrize(("name", "folder", "class_names"),
+                         [("mnist", "MNIST", tuple("0123456789")),
+                          ("fashion_mnist", "FashionMNIST", FASHION_MNIST_CLASS_NAMES)])
+def test_mnist_like_from_torchvision_layout(name, folder, class_names, tmp_path, no_network):
+    expected = _tiny_torchvision_mnist(tmp_path, folder)
+    for split, (images, labels) in expected.items():
+        data = load_dataset(name, split, data_dir=tmp_path, cache_dir=tmp_path / "cache")
+        np.testing.assert_array_equal(data.images, images)
+        assert data.labels.dtype == np.int64 and data.labels.tolist() == labels.tolist()
+        assert data.class_names == class_names and data.name == name
+
+
+def test_download_folder_is_read_offline(tmp_path, no_network, no_local_data):
+    """What an earlier run downloaded (torchvision's layout in the cache) serves later runs without network."""
+    expected = _tiny_torchvision_mnist(datasets.download_dir(), "MNIST")
+    assert datasets.download_dir() == no_local_data / "torchvision"
+    np.testing.assert_array_equal(load_dataset("mnist", "test").images, expected["test"][0])
+
+
+def test_shared_file_wins_over_torchvision_layout_in_the_same_folder(tmp_path, no_network):
+    _tiny_torchvision_mnist(tmp_path, "MNIST")
+    _tiny_mnist_npz(tmp_path)
+    assert load_dataset("mnist", "train", data_dir=tmp_path).images.shape == (6, 4, 4)
+
+
+@pytest.fixture
+def trust_md5(monkeypatch) -> None:
+    """torchvision checks each CIFAR/SVHN file against the md5 of the real release, which a tiny copy cannot
+    match: here a present file counts as intact. Only the checksum is bypassed; the files are read for real."""
+    import torchvision.datasets.cifar
+    import torchvision.datasets.svhn
+
+    def present(fpath, md5=None) -> bool:
+        return Path(fpath).is_file()
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", present)
+    monkeypatch.setattr(torchvision.datasets.svhn, "check_integrity", present)
+
+
+def _cifar_rows(rng: np.random.Generator, count: int) -> np.ndarray:
+    """`count` 32x32 RGB images, (N, 32, 32, 3)."""
+    return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+def _pickle(path: Path, entry: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(entry))
+
+
+def _tiny_cifar(root: Path, hundred: bool) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """CIFAR-10's ``cifar-10-batches-py`` (5 train batches, test_batch, batches.meta) or CIFAR-100's
+    ``cifar-100-python`` (train, test, meta), rows as (N, 3072) channel-major like the real pickles."""
+    rng = np.random.default_rng(2)
+    folder, label_key = ("cifar-100-python", "fine_labels") if hundred else ("cifar-10-batches-py", "labels")
+    files = {"train": ["train"], "test": ["test"]} if hundred else \
+        {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    expected = {}
+    for split, names in files.items():
+        parts = [(_cifar_rows(rng, 2), [i % 3, (i + 1) % 3]) for i in range(len(names))]
+        for name, (images, labels) in zip(names, parts, strict=True):
+            _pickle(root / folder / name, {"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+                                           label_key: labels})
+        expected[split] = (np.concatenate([p[0] for p in parts]), [label for p in parts for label in p[1]])
+    meta = ("meta", "fine_label_names") if hundred else ("batches.meta", "label_names")
+    _pickle(root / folder / meta[0], {meta[1]: ["apple", "bus", "cat"]})
+    return expected
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_from_torchvision_layout(name, tmp_path, no_network, trust_md5):
+    expected = _tiny_cifar(tmp_path, hundred=name == "cifar100")
+    for split, (images, labels) in expected.items():
+        data = load_dataset(name, split, data_dir=tmp_path, cache_dir=tmp_path / "cache")
+        np.testing.assert_array_equal(data.images, images)
+        assert data.labels.tolist() == labels and data.class_names == ("apple", "bus", "cat")
+
+
+def test_svhn_from_torchvision_layout(tmp_path, no_network, trust_md5):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(3)
+    images = _cifar_rows(rng, 4)
+    savemat(tmp_path / "test_32x32.mat", {"X": images.transpose(1, 2, 3, 0), "y": np.array([[10], [1], [9], [10]])})
+    data = load_dataset("svhn", "test", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(data.images, images)
+    assert data.labels.tolist() == [0, 1, 9, 0]  # SVHN writes digit 0 as label 10
+    assert data.class_names == tuple("0123456789")
+
+
+# -------------------------------------------------------------------------------------------------- demo
+
+
+def test_demo_streams_mnist_when_it_can_get_it_else_digits(tmp_path, monkeypatch, no_network, no_local_data):
+    from pegp_stream.demo import demo_stream_datasets
+
+    demo_stream_datasets.cache_clear()
+    assert demo_stream_datasets() == ("digits",)
+    _tiny_torchvision_mnist(tmp_path / "data", "MNIST")
+    monkeypatch.setenv(datasets.DATA_ENV, str(tmp_path / "data"))
+    demo_stream_datasets.cache_clear()
+    assert demo_stream_datasets() == ("mnist",)
+    demo_stream_datasets.cache_clear()
