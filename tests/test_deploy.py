@@ -1,5 +1,6 @@
 """Deployment files: Prometheus config and alert rules (promtool), the Dockerfile (hadolint), the compose file
-(compose-spec JSON schema via check-jsonschema), Grafana provisioning and the Kubernetes manifests (kubernetes-validate).
+(compose-spec JSON schema via check-jsonschema), Grafana provisioning and the Kubernetes manifests
+(kubernetes-validate).
 
 The external linters are required, not optional: a missing one FAILS with the command that installs it (CI
 installs them; see deploy/README.md)."""
