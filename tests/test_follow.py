@@ -112,8 +112,7 @@ def test_replica_follows_the_learner_over_http(tmp_path):
         learner = start_process(config, tmp_path, "learner")
         replica = subprocess.Popen([sys.executable, "-m", "pegp_stream.cli", "serve", "--follow", learner_url,
                                     "--poll", "0.2", "--set", f"http.port={replica_port}"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   cwd=tmp_path)  # the replica has no access to the learner's directory
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             with httpx.Client(base_url=learner_url, timeout=30) as to_learner, \
                     httpx.Client(base_url=replica_url, timeout=30) as to_replica:
