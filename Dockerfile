@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # pegp-stream image: the learner daemon (`pegp-stream run`), HTTP predictions and /metrics on port 8080.
-# Build: docker build -t pegp-stream .      Lint: hadolint Dockerfile
+# Build: docker build -t pegp-stream:0.1.0 .      Lint: hadolint Dockerfile
+# (the tag deploy/compose.yaml and deploy/k8s use; tests/test_deploy.py checks they agree)
 # CPU-only torch/torchvision come from the PyTorch CPU wheel index (no CUDA libraries: ~1 GB instead of ~6 GB).
 
 ARG PYTHON_VERSION=3.11

@@ -121,6 +121,14 @@ def decode_state(data: bytes) -> dict[str, Any]:
     return state
 
 
+def recorded_digest(path: Path) -> str:
+    """The sha256 a checkpoint file records in its header, read without its tensors; not verified here
+    (`decode_state` verifies it)."""
+    with open(path, "rb") as handle:
+        size = handle.read(8)
+        return _metadata(size + handle.read(int.from_bytes(size, "little"))).get("sha256", "")
+
+
 def _metadata(data: bytes) -> dict[str, str]:
     """The `__metadata__` of a safetensors buffer (an 8-byte little-endian length, then a JSON header)."""
     size = int.from_bytes(data[:8], "little")

@@ -69,9 +69,17 @@ def _run_daemon(config) -> int:
     return daemon.run()
 
 
+def _follow_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An http(s) URL as given; anything else must be usable as a directory."""
+    if value.startswith(("http://", "https://")):
+        return value
+    return click.Path(file_okay=False).convert(value, param, ctx)
+
+
 @main.command()
-@click.option("--follow", "follow", required=True, type=click.Path(file_okay=False),
-              help="the learner's checkpoint directory to follow")
+@click.option("--follow", "follow", required=True, metavar="DIR|URL", callback=_follow_target,
+              help="the learner's checkpoint directory, or its http(s) URL (e.g. http://pegp-learner:8080: "
+                   "fetches GET /v1/checkpoint/latest, no shared volume needed)")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config (http.* keys)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
 @click.option("--poll", default=0.5, show_default=True, help="seconds between looks for a newer checkpoint")

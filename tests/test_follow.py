@@ -4,14 +4,17 @@ delay (printed), never learns, and answers exactly like the learner once both ho
 from __future__ import annotations
 
 import base64
+import hashlib
+import http.server
 import io
+import logging
 import subprocess
 import sys
 import threading
 import time
 
 import httpx
-from daemon_support import daemon_config, produce_digits, typed, wait_for
+from daemon_support import daemon_config, produce_digits, start_process, typed, wait_for
 from PIL import Image
 
 from pegp_stream.checkpoint import CheckpointStore
@@ -94,3 +97,127 @@ def _png(image) -> str:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_replica_follows_the_learner_over_http(tmp_path):
+    """Two processes, no shared directory: `pegp-stream run` offers its newest checkpoint over HTTP and
+    `pegp-stream serve --follow http://...` downloads it, reaches the checkpointed version and answers like
+    the learner."""
+    learner_port, replica_port = free_port(), free_port()
+    learner_url, replica_url = f"http://127.0.0.1:{learner_port}", f"http://127.0.0.1:{replica_port}"
+    with EmbeddedBroker(port=free_port()) as broker:
+        config = daemon_config(tmp_path, broker.bootstrap_servers, "offered", exit_when_idle_s=None,
+                               checkpoint={"every_records": 8},
+                               http={"enabled": True, "port": learner_port, "snapshot_every_updates": 1})
+        learner = start_process(config, tmp_path, "learner")
+        replica = subprocess.Popen([sys.executable, "-m", "pegp_stream.cli", "serve", "--follow", learner_url,
+                                    "--poll", "0.2", "--set", f"http.port={replica_port}"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with httpx.Client(base_url=learner_url, timeout=30) as to_learner, \
+                    httpx.Client(base_url=replica_url, timeout=30) as to_replica:
+                wait_for(lambda: _get(to_learner, "/healthz"), 180, what="the learner's HTTP server")
+                assert to_learner.get("/v1/checkpoint/latest").status_code == 404  # none written yet
+                ids = produce_digits(broker.bootstrap_servers, "offered", limit_per_class=8)
+                state, etag = wait_for(lambda: _offered_state(to_learner, len(ids)), 180,
+                                       what="a checkpoint of every record")
+                assert to_learner.get("/v1/checkpoint/latest", headers={"If-None-Match": etag}).status_code == 304
+                final = state["learner"]["counters"]["updates"]
+                wait_for(lambda: (_model(to_replica) or {}).get("version") == final, 180,
+                         what=f"the replica to serve version {final}")
+                wait_for(lambda: (_model(to_learner) or {}).get("version") == final, 60,
+                         what=f"the learner to serve version {final}")
+                images = {"instances": [{"image": _png(im)} for im in load_dataset("digits", split="test").images[:8]]}
+                from_replica = to_replica.post("/v1/predict", json=images).json()
+                from_learner = to_learner.post("/v1/predict", json=images).json()
+                assert to_replica.get("/v1/checkpoint/latest").status_code == 404  # replicas offer none
+        finally:
+            for process in (replica, learner):
+                process.terminate()
+                process.wait(timeout=60)
+    assert from_replica["model_version"] == from_learner["model_version"] == final
+    labels = [[p["label"] for p in answer["predictions"]] for answer in (from_replica, from_learner)]
+    assert labels[0] == labels[1]
+    for mine, theirs in zip(from_replica["predictions"], from_learner["predictions"], strict=True):
+        assert abs(mine["score"] - theirs["score"]) < 1e-5
+    assert replica.returncode == 0 and learner.returncode == 0
+
+
+def _offered_state(client: httpx.Client, records: int) -> tuple[dict, str] | None:
+    """The learner's offered checkpoint (decoded) and its ETag once it holds `records` learned records."""
+    from pegp_stream.checkpoint import decode_state
+
+    response = client.get("/v1/checkpoint/latest")
+    if response.status_code != 200:
+        return None
+    state = decode_state(response.content)
+    assert response.headers["ETag"] == f'"{response.headers["X-Checkpoint-Sha256"]}"'
+    int(response.headers["X-Checkpoint-Sequence"])
+    return (state, response.headers["ETag"]) if state["stats"]["learned"] == records else None
+
+
+class _Offer(http.server.BaseHTTPRequestHandler):
+    """Serves `server.offer` (body, sequence) as a learner's /v1/checkpoint/latest, honouring If-None-Match;
+    `server.cut_at` stops the body short of its Content-Length."""
+
+    def do_GET(self):  # noqa: N802 - the http.server hook
+        body, sequence = self.server.offer
+        etag = f'"{hashlib.sha256(body).hexdigest()}"'
+        self.server.conditional.append(self.headers.get("If-None-Match"))
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            self.end_headers()
+            return
+        self.send_response(200)
+        for name, value in (("ETag", etag), ("X-Checkpoint-Sequence", str(sequence)),
+                            ("Content-Length", str(len(body)))):
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body[: self.server.cut_at])  # cut_at: the connection closes before the whole body
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_damaged_download_is_rejected_and_the_snapshot_kept(caplog):
+    """A damaged or truncated checkpoint from the learner's URL fails decode_state: the replica logs it, keeps
+    serving the snapshot it had, and takes the next intact one."""
+    from conftest import digits_segment, tiny_config
+
+    from pegp_stream.checkpoint import encode_state
+    from pegp_stream.learner import create_learner
+    from pegp_stream.serving.follow import CheckpointFollower
+
+    learner = create_learner(tiny_config("adapter"))
+    images, labels = digits_segment((0, 1), 8)
+    learner.learn_many(images, labels)
+    first = encode_state({"learner": learner.state_dict(), "stats": {"learned": 8}})
+    learner.learn_many(images, labels)
+    second = encode_state({"learner": learner.state_dict(), "stats": {"learned": 16}})
+    damaged = bytearray(second)
+    damaged[-3] ^= 0xFF  # a flipped bit in the last tensor's bytes
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Offer)
+    server.offer, server.conditional, server.cut_at = (first, 1), [], None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        follower = CheckpointFollower(f"http://127.0.0.1:{server.server_address[1]}", poll_s=0.1)
+        assert follower.poll_once()
+        served = follower.snapshots.current
+        assert served.info.version == 1 and follower.sequence == 1
+        assert not follower.poll_once()  # unchanged: answered 304
+        assert server.conditional[-1] == f'"{hashlib.sha256(first).hexdigest()}"'
+        for bad, cut_at, logged in ((bytes(damaged), None, "rejected the checkpoint: checksum mismatch"),
+                                    (second[: len(second) // 2], None, "rejected the checkpoint: unreadable"),
+                                    (second, len(second) // 2, "cannot fetch a checkpoint")):
+            server.offer, server.cut_at = (bad, 2), cut_at
+            with caplog.at_level(logging.WARNING, logger="pegp_stream.serving.follow"):
+                assert not follower.poll_once()
+            assert logged in caplog.text
+            caplog.clear()
+            assert follower.snapshots.current is served and follower.sequence == 1
+        server.cut_at = None
+        assert follower.poll_once()
+        assert follower.snapshots.current.info.version == 2 and follower.sequence == 2
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..checkpoint import recorded_digest
 from ..config import HttpConfig
 from ..metrics import build_registry
 from ..stream.decode import DecodeError, DecodeLimits, decode_image_bytes, decode_image_fields
@@ -193,6 +194,32 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
                 "records_learned": daemon.stats.learned, "dead_letters": dict(daemon.stats.dead_letters),
             })
         return out
+
+    @app.get("/v1/checkpoint/latest", response_class=Response, responses={
+        200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "the newest checkpoint file; headers ETag, X-Checkpoint-Sequence, X-Checkpoint-Sha256"},
+        304: {"description": "If-None-Match names the newest checkpoint: nothing new"},
+        404: {"model": ErrorResponse, "description": "no checkpoint yet, or this is a serving replica"},
+        503: {"model": ErrorResponse, "description": "the checkpoint was pruned while being read; retry"}})
+    def latest_checkpoint(if_none_match: str | None = Header(None)) -> Response:
+        """The learner's newest checkpoint file, for replicas that follow it over HTTP (`serve --follow URL`).
+        The ETag is the sha256 the file records, so an unchanged poll costs a directory listing and a header
+        read. The bytes are sent as stored; the replica verifies them as a load from disk does."""
+        paths = daemon.store.paths() if daemon is not None else []
+        if not paths:
+            raise HTTPException(404, "no checkpoint to offer" if daemon else "a serving replica offers no checkpoints")
+        path = paths[-1]
+        try:  # a checkpoint file is never rewritten, only pruned: its header's digest names its bytes
+            digest = recorded_digest(path)
+            etag = f'"{digest}"'
+            if if_none_match is not None and etag in {tag.strip() for tag in if_none_match.split(",")}:
+                return Response(status_code=304, headers={"ETag": etag})
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise HTTPException(503, f"{path.name} was pruned while being read; retry") from None
+        headers = {"ETag": etag, "X-Checkpoint-Sequence": str(daemon.store.sequence_of(path)),
+                   "X-Checkpoint-Sha256": digest}
+        return Response(data, media_type="application/octet-stream", headers=headers)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
