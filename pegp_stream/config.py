@@ -121,7 +121,7 @@ PET_CONFIGS: dict[str, type[PetConfig]] = {
 
 
 class ProjectionConfig(Frozen):
-    """PEGP gradient projection and basis growth (pegp-method.md sections 1 and 3)."""
+    """PEGP gradient projection and basis growth (docs/method.md sections 1 and 3)."""
 
     enabled: bool = Field(True, description="False gives the unprojected baseline")
     eps: Fraction = Field(0.95, description="energy threshold for d-dimensional feature spaces")
@@ -154,7 +154,7 @@ class OptimizerConfig(Frozen):
 
 
 class HeadConfig(Frozen):
-    """Class-incremental classifier over the pooled feature (pegp-method.md section 5)."""
+    """Class-incremental classifier over the pooled feature (docs/method.md section 5)."""
 
     kind: Literal["linear", "ncm"] = Field(
         "ncm", description="nearest-class-mean (the default, chosen by benchmarks/RESULTS.md: on class-incremental "
@@ -391,7 +391,7 @@ class DaemonConfig(Frozen):
 
 class EvalConfig(Frozen):
     """`pegp-stream eval`: a learner over a stream with held-out test data per segment, for the accuracy
-    matrix (pegp-method.md section 7). With `stream.markers` off the learner is told no boundary and relies
+    matrix (docs/method.md section 7). With `stream.markers` off the learner is told no boundary and relies
     on `drift` (a detector); the runner still evaluates where each true segment's training data ends."""
 
     name: str = Field("run", description="label of the run in reports")

@@ -1,5 +1,5 @@
 """Dead letters: a record the learner cannot use goes to `<topic>.dlq` unchanged, with headers naming the
-reason and where it came from. Nothing is dropped silently (architecture.md, invariant 5)."""
+reason and where it came from. Nothing is dropped silently (docs/architecture.md, invariant 4)."""
 
 from __future__ import annotations
 
