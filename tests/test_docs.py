@@ -4,6 +4,7 @@ every relative link resolving, and no pointer left to documents outside the repo
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,15 @@ def test_relative_links_resolve(doc):
     targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", text) if "://" not in t]
     missing = [t for t in targets if t and not (doc.parent / t).exists()]
     assert not missing
+
+
+def test_no_pointer_to_documents_outside_the_repository():
+    """Readers of a clone have no ../shared: every reference must point into docs/."""
+    outside = re.compile("|".join(["pegp" + "-method\\.md", "(?<!docs/)architecture\\.md", "\\bstyle\\.md",
+                                   "shared/" + "docs"]))
+    paths = subprocess.run(["git", "ls-files", "pegp_stream", "tests", "benchmarks", "README.md"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    hits = [f"{path}:{number}" for path in paths if path.endswith((".py", ".md"))
+            for number, line in enumerate((ROOT / path).read_text(encoding="utf-8").splitlines(), 1)
+            if outside.search(line)]
+    assert not hits
