@@ -5,7 +5,7 @@ references and the head variants, each over several seeds through `pegp_stream.e
     python -m benchmarks.evidence run    [--suites heads,s1,s2,refs] [--seeds 0,1,2] [--workers 2] [--quick]
     python -m benchmarks.evidence report [--out DIR]
 
-Streams (pegp-method.md section 7 metrics; RESULTS.md says what was run):
+Streams (docs/method.md section 7 metrics; RESULTS.md says what was run):
 - S1: Split-MNIST (5 segments of 2 digits) then Split-Fashion-MNIST (5 of 2 classes); markers on.
 - S2: the same task-free: no markers, blurry boundaries (10%), boundaries from a drift detector.
 Every run's folder holds result.json, matrix.csv, curve.csv and its plots; `run` skips runs already
@@ -36,7 +36,7 @@ BACKBONE = {"name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "em
             "num_heads": 4}
 QUICK_BACKBONE = {"name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2,
                   "num_heads": 4}
-# pegp-method.md section 5: the head variants; "ncm" is the one the other suites use (chosen by the heads suite).
+# docs/method.md section 5: the head variants; "ncm" is the one the other suites use (chosen by the heads suite).
 HEADS: dict[str, dict[str, Any]] = {
     "linear-protected": {"head": {"kind": "linear"}, "projection": {"protect_head": True}},
     "linear-free": {"head": {"kind": "linear"}, "projection": {"protect_head": False}},

@@ -72,7 +72,7 @@ class PrefixConfig(PetConfig):
     kind: Literal["prefix"] = "prefix"
     length: Positive = Field(5, description="number of key/value prefix tokens per block")
     blocks: tuple[int, ...] | None = Field(None, description="block indices; None = every block")
-    init_std: float = Field(0.02, gt=0.0)
+    init_std: float = Field(0.02, gt=0.0, description="std of the normal init of key and value prefixes")
     freeze_values_after_consolidation: bool = Field(
         False, description="stop training value prefixes after the first consolidation"
     )
@@ -88,7 +88,7 @@ class AdapterConfig(PetConfig):
     blocks: tuple[int, ...] | None = Field(None, description="block indices; None = every block")
     placement: Literal["mlp", "attn"] = Field("mlp", description="sub-layer the adapter runs beside")
     scale: float = Field(1.0, gt=0.0, description="multiplier on the adapter output")
-    activation: Literal["relu", "gelu"] = "relu"
+    activation: Literal["relu", "gelu"] = Field("relu", description="activation between down and up")
 
 
 class LoraConfig(PetConfig):
@@ -99,7 +99,7 @@ class LoraConfig(PetConfig):
     rank: Positive = Field(4, description="LoRA rank r")
     alpha: float = Field(8.0, gt=0.0, description="scale numerator; the update is scaled by alpha / rank")
     targets: tuple[Literal["qkv", "q", "k", "v", "proj", "fc1", "fc2"], ...] = Field(
-        ("q", "v"), min_length=1
+        ("q", "v"), min_length=1, description="linears of each chosen block that get a LoRA pair"
     )
     blocks: tuple[int, ...] | None = Field(None, description="block indices; None = every block")
 
@@ -130,7 +130,7 @@ PET_CONFIGS: dict[str, type[PetConfig]] = {
 
 
 class ProjectionConfig(Frozen):
-    """PEGP gradient projection and basis growth (pegp-method.md sections 1 and 3)."""
+    """PEGP gradient projection and basis growth (docs/method.md sections 1 and 3)."""
 
     enabled: bool = Field(True, description="False gives the unprojected baseline")
     eps: Fraction = Field(0.95, description="energy threshold for d-dimensional feature spaces")
@@ -150,17 +150,20 @@ class ProjectionConfig(Frozen):
 
 
 class OptimizerConfig(Frozen):
-    name: Literal["sgd", "adam"] = "sgd"
+    """The optimizer of the PET tensors and the linear head."""
+
+    name: Literal["sgd", "adam"] = Field("sgd", description="sgd applies the projected gradient linearly; adam "
+                                         "(and any weight decay) also gets its applied update projected")
     lr: float = Field(0.01, gt=0.0, description="learning rate (SGD with momentum 0.9 diverges on ViTs above ~0.05)")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum; reset at each consolidation")
-    weight_decay: float = Field(0.0, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = Field(1e-8, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay (the applied update is then projected)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's moment decay rates")
+    adam_eps: float = Field(1e-8, gt=0.0, description="Adam's denominator epsilon")
     grad_clip: float | None = Field(None, gt=0.0, description="clip the global gradient norm")
 
 
 class HeadConfig(Frozen):
-    """Class-incremental classifier over the pooled feature (pegp-method.md section 5)."""
+    """Class-incremental classifier over the pooled feature (docs/method.md section 5)."""
 
     kind: Literal["linear", "ncm"] = Field(
         "ncm", description="nearest-class-mean (the default, chosen by benchmarks/RESULTS.md: on class-incremental "
@@ -176,6 +179,8 @@ class HeadConfig(Frozen):
 
 
 class LearnerConfig(Frozen):
+    """The online learner: frozen backbone, PET paradigm, projection, optimizer and head."""
+
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     pet: SerializeAsAny[PetConfig] = Field(default_factory=PromptConfig)
     projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
@@ -185,7 +190,8 @@ class LearnerConfig(Frozen):
         "auto", description="bf16 autocast for backbone and PET compute where native; state stays fp32/fp64"
     )
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the random initialisation (backbone when not loaded, PET tensors), token "
+                      "subsampling and the randomized SVD")
 
     @field_validator("pet", mode="before")
     @classmethod
@@ -221,13 +227,14 @@ class StreamConfig(Frozen):
     data_dir: str | None = Field(None, description=(
         "folder with local data files (default: $PEGPSTREAM_DATA, else ../shared/data); a data set found in "
         "none is downloaded by torchvision into ~/.cache/pegp-stream/torchvision"))
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test"] = Field("train", description="which split of the data sets to stream")
     classes_per_segment: Positive = Field(2, description="classes per segment (per data set)")
     shuffle_classes: bool = Field(False, description="seeded shuffle of the class order")
     blurry: float = Field(0.0, ge=0.0, lt=0.5, description="fraction of each segment mixed with its neighbours")
     limit_per_class: int | None = Field(None, ge=1, description="cap on samples per class")
     markers: bool = Field(True, description="send the segment id with each record (explicit boundaries)")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the class order (if shuffled), the per-class subsets, the sample "
+                      "order and the blurry mixing")
 
 
 class ReplayConfig(Frozen):
@@ -317,7 +324,7 @@ class KafkaConfig(Frozen):
         1_000_000, description="largest dead letter (value, key and headers); what does not fit is left out and "
         "named in its pegp.omitted header (the broker's message.max.bytes must allow this plus 4 KiB)",
     )
-    client_id: str = "pegp-stream"
+    client_id: str = Field("pegp-stream", description="Kafka client id of the consumer and the producer")
     group_id: str = Field(
         "pegp-stream-learner", description="consumer group offsets are committed under (for lag tooling only; "
         "the learner assigns partitions itself and never joins the group)",
@@ -327,14 +334,16 @@ class KafkaConfig(Frozen):
     lag_interval_s: float = Field(5.0, gt=0, description="how often end offsets are fetched for lag")
     retry_initial_s: float = Field(0.5, gt=0, description="first backoff when the broker is unreachable")
     retry_max_s: float = Field(10.0, gt=0, description="longest backoff when the broker is unreachable")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    ssl_cafile: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_password: SecretStr | None = None
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how clients talk to the brokers")
+    ssl_cafile: str | None = Field(None, description="CA bundle to verify the brokers (PEM file)")
+    ssl_certfile: str | None = Field(None, description="client certificate (PEM file) for mutual TLS")
+    ssl_keyfile: str | None = Field(None, description="client private key (PEM file) for mutual TLS")
+    ssl_password: SecretStr | None = Field(None, description="password of the client private key")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None = Field(
+        None, description="SASL mechanism (with a SASL_* security_protocol)")
+    sasl_plain_username: str | None = Field(None, description="SASL username (PLAIN and SCRAM)")
+    sasl_plain_password: SecretStr | None = Field(None, description="SASL password (PLAIN and SCRAM)")
 
     @field_validator("dead_letter_topic")
     @classmethod
@@ -361,6 +370,8 @@ class KafkaConfig(Frozen):
 
 
 class CheckpointConfig(Frozen):
+    """Where and how often the learned state is written with its offsets."""
+
     dir: str = Field("checkpoints", description="directory of checkpoint files")
     every_records: Positive = Field(1000, description="checkpoint after at least this many records")
     every_seconds: float | None = Field(60.0, gt=0, description="and at least this often while records flow")
@@ -368,8 +379,10 @@ class CheckpointConfig(Frozen):
 
 
 class HttpConfig(Frozen):
+    """The HTTP API: predictions, model info, boundaries, health and metrics."""
+
     enabled: bool = Field(True, description="serve predictions and metrics")
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0: every interface)")
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port")
     snapshot_every_updates: Positive = Field(20, description="publish a snapshot after this many updates")
     snapshot_max_age_s: float = Field(
@@ -401,7 +414,7 @@ class DaemonConfig(Frozen):
 
 class EvalConfig(Frozen):
     """`pegp-stream eval`: a learner over a stream with held-out test data per segment, for the accuracy
-    matrix (pegp-method.md section 7). With `stream.markers` off the learner is told no boundary and relies
+    matrix (docs/method.md section 7). With `stream.markers` off the learner is told no boundary and relies
     on `drift` (a detector); the runner still evaluates where each true segment's training data ends."""
 
     name: str = Field("run", description="label of the run in reports")

@@ -1,6 +1,6 @@
 """The learner daemon: Kafka in, exactly-once learned state, drift boundaries, dead letters.
 
-The loop is a short list of one-line stages (architecture.md):
+The loop is a short list of one-line stages (docs/architecture.md):
 
     records = source.next_batch()       poll, merge partitions in a fixed order
     samples = decode(records)           bad records -> dead-letter topic, with the reason

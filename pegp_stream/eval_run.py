@@ -1,4 +1,4 @@
-"""Evaluate a learner configuration on a stream with held-out test data (pegp-method.md section 7).
+"""Evaluate a learner configuration on a stream with held-out test data (docs/method.md section 7).
 
 The learner sees the training stream once, in order, as the daemon would: prequential predictions, then a
 projected step. Boundaries reach it from segment markers, or, on a task-free stream (markers off), from the

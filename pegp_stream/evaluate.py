@@ -1,4 +1,4 @@
-"""Prequential accounting and the accuracy matrix (pegp-method.md section 7)."""
+"""Prequential accounting and the accuracy matrix (docs/method.md section 7)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from torch import nn
 
 class LinearHead(nn.Module):
     """Bias-free linear head; rows of unseen classes are zero. Bias-free because a bias moves every old
-    logit and no feature space can protect it (pegp-method.md section 5)."""
+    logit and no feature space can protect it (docs/method.md section 5)."""
 
     def __init__(self, capacity: int, dim: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Optimizers and the projection of the update they apply (pegp-method.md section 1).
+"""Optimizers and the projection of the update they apply (docs/method.md section 1).
 
 SGD (with momentum reset at each consolidation and no weight decay) applies the projected gradient
 linearly, so projecting the gradient is enough. Adam's per-coordinate scaling and any weight decay leave

@@ -2,7 +2,7 @@
 features on segment A's inputs move far less while learning segment B than without projection.
 
 The head is left unprotected in both runs, so the comparison isolates the PET projection, and eps is
-close to 1 so A's features lie inside the kept span (pegp-method.md section 6).
+close to 1 so A's features lie inside the kept span (docs/method.md section 6).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_prompt_projection_reduces_drift():
 
 
 def test_prefix_drift_flows_through_value_prefixes():
-    """Key prefixes keep old logits exactly; value prefixes are unprotected (pegp-method.md section 2).
+    """Key prefixes keep old logits exactly; value prefixes are unprotected (docs/method.md section 2).
     With values frozen after the first consolidation, old outputs are kept; with values free, print how
     much drift the values carry."""
     plain = pooled_drift("prefix", False)

@@ -1,4 +1,4 @@
-"""Checks every registered PET paradigm passes automatically (style.md habit 6)."""
+"""Checks every registered PET paradigm passes automatically (docs/contributing.md, habit 2)."""
 
 from __future__ import annotations
 

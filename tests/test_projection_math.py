@@ -1,4 +1,4 @@
-"""The projection and basis-growth math on its own (pegp-method.md sections 1 and 3)."""
+"""The projection and basis-growth math on its own (docs/method.md sections 1 and 3)."""
 
 from __future__ import annotations
 

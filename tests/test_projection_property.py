@@ -1,6 +1,6 @@
 """The PEGP property per paradigm and per protected space, on the update the optimizer applied.
 
-The test gathers segment A's features itself, with forward hooks at the places pegp-method.md section 2
+The test gathers segment A's features itself, with forward hooks at the places docs/method.md section 2
 names (not through the learner's own taps), so a basis built from the wrong tensor fails (a).
 """
 

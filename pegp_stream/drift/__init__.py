@@ -1,4 +1,4 @@
-"""Drift boundaries for task-free streaming (pegp-method.md section 4): explicit segment markers, operator
+"""Drift boundaries for task-free streaming (docs/method.md section 4): explicit segment markers, operator
 requests and registered detectors, debounced by a minimum segment length and a cooldown.
 
 A detector is a small River-style object: ``update(value)`` takes one sample's signal and returns True when a

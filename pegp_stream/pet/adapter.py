@@ -1,7 +1,7 @@
 """Bottleneck adapters in parallel to a block's attention or MLP sub-layer.
 
 Protected spaces per adapter: the input x (d-dim) for W_down and the bottleneck y = act(W_down x)
-(r-dim) for W_up (pegp-method.md section 2). Both conditions together keep old outputs exactly.
+(r-dim) for W_up (docs/method.md section 2). Both conditions together keep old outputs exactly.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class FeatureTaps:
 
 @dataclass
 class SpaceSpec:
-    """A protected feature space a paradigm declares (pegp-method.md section 2).
+    """A protected feature space a paradigm declares (docs/method.md section 2).
 
     `params` are the trained tensors whose update must annihilate the space's old features; each has the
     feature axis last. `dim` is the feature width; with `groups` > 1 the width splits into equal groups

@@ -2,7 +2,7 @@
 
 Protected spaces per wrapped linear: its input x (d_in) for every A on it; per LoRA pair the bottleneck
 z = A x (r-dim) for its B. With dA x_old = 0, z_old never changes, so dB z_old = 0 keeps old outputs
-exactly (pegp-method.md section 2).
+exactly (docs/method.md section 2).
 """
 
 from __future__ import annotations

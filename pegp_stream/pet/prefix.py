@@ -2,7 +2,7 @@
 
 Protected space per block: the queries q = LN(x) W_Q + b_Q of old inputs (after timm's q_norm, i.e. as
 they enter the logits), one basis per head by default, since each head's logits q_h . k_h use only that
-head's slice. Value prefixes have no feature space to annihilate; pegp-method.md section 2.
+head's slice. Value prefixes have no feature space to annihilate; docs/method.md section 2.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Prompt-tuning: learned tokens inserted after the prefix (CLS/register) tokens.
 
 Protected space per prompted block: the tokens entering that block (without the prompt slots), stacked
-with the rows of the prompt itself (conditions X_old dP^T = 0 and P dP^T = 0, pegp-method.md section 2).
+with the rows of the prompt itself (conditions X_old dP^T = 0 and P dP^T = 0, docs/method.md section 2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Growing an orthonormal feature basis from a segment covariance (GPM rule on sigma^2 energy).
 
-See pegp-method.md section 3. All math here is float64 and runs at consolidation time only.
+See docs/method.md section 3. All math here is float64 and runs at consolidation time only.
 """
 
 from __future__ import annotations

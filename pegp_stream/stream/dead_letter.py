@@ -1,5 +1,5 @@
 """Dead letters: a record the learner cannot use goes to `<topic>.dlq` unchanged, with headers naming the
-reason and where it came from. Nothing is dropped silently (architecture.md, invariant 5).
+reason and where it came from. Nothing is dropped silently (docs/architecture.md, invariant 4).
 
 Exactly once, like the learned state: a checkpoint records the dead-letter topic's end offsets, all letters
 before them confirmed. After a crash, `resume` reads the letters written after those ends (by the run that
