@@ -347,3 +347,32 @@ def test_unreachable_broker_is_not_ready_and_sigint_exits_promptly(tmp_path):
         raise
     assert code == 0
     assert json.loads(json.dumps(latest_state(tmp_path / "checkpoints")["stats"]))["learned"] == len(ids)
+
+
+def test_dead_letters_are_written_once_across_sigkills(broker, tmp_path):
+    """Bad records between good ones, the daemon killed after some letters were delivered but before its next
+    checkpoint: before, the restarted run wrote those letters again (33 entries for 28 bad records)."""
+    ensure_topic(broker.bootstrap_servers, "bad", 1)
+    good = produce_digits(broker.bootstrap_servers, "bad", limit_per_class=6, id_prefix="g")
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    for i in range(12):
+        producer.send("bad", f"{{not json {i}".encode())
+    producer.flush()
+    producer.close()
+    more = produce_digits(broker.bootstrap_servers, "bad", limit_per_class=6, id_prefix="h")
+    config = daemon_config(tmp_path, broker.bootstrap_servers, "bad", exit_when_idle_s=None)
+    config["checkpoint"] = {**config["checkpoint"], "every_records": 1000}  # none before the kill
+    process = start_process(config, tmp_path, "killed")
+    try:
+        wait_for(lambda: len(dead_letters(broker.bootstrap_servers, "bad.dlq", expected=1, timeout=1)) >= 1, 180,
+                 interval=0.2, what="some dead letters delivered")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert CheckpointStore(tmp_path / "checkpoints").load_latest() is None, "the kill should land before one"
+    assert start_process({**config, "exit_when_idle_s": 1.0}, tmp_path, "final").wait(timeout=300) == 0
+    letters = dead_letters(broker.bootstrap_servers, "bad.dlq", expected=13, timeout=10)
+    offsets = [int(dict(letter.headers)["pegp.source.offset"]) for letter in letters]
+    assert sorted(offsets) == list(range(len(good), len(good) + 12))
+    final = latest_state(tmp_path / "checkpoints")["stats"]
+    assert final["dead_letters"] == {"malformed_json": 12} and final["learned"] == len(good) + len(more)
