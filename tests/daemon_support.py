@@ -82,10 +82,19 @@ def committed_offsets(bootstrap: str, topic: str, group: str, partitions: int) -
 
 
 def dead_letters(bootstrap: str, topic: str, expected: int, timeout: float = 20.0) -> list:
+    """The records of every partition of `topic` (at least `expected`, or what came within `timeout`); none
+    while the topic does not exist (a consumer asking for its metadata could make the broker create it)."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        if topic not in admin.list_topics():
+            return []
+    finally:
+        admin.close()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(partitions)
     records, deadline = [], time.monotonic() + timeout
     while len(records) < expected and time.monotonic() < deadline:
         for batch in consumer.poll(timeout_ms=200).values():
