@@ -86,6 +86,7 @@ class Daemon:
         self.prequential = PrequentialAccuracy()
         self.stats = StreamStats()
         self.offsets: dict[int, int] = {}  # next offset per partition, applied to the learned state
+        self._topic_id: str | None = None  # the topic id the checkpointed offsets were read from
         self.last_checkpoint: dict[str, float] = {}
         self._input = self.learner.input_config
         self._stop = threading.Event()
@@ -121,7 +122,7 @@ class Daemon:
         self.restore()
         self.publish()
         self.start_http()
-        if not self.source.connect(self.offsets, self._stop.is_set):
+        if not self.source.connect(self.offsets, self._stop.is_set, self._topic_id):
             self.stop_http()
             return 0
         self.dead_letters.prepare()
@@ -165,8 +166,7 @@ class Daemon:
                 self.curve.append((self.stats.learned, self.prequential.windowed, self.prequential.cumulative))
 
     def advance(self, records: Sequence[Any]) -> None:
-        for record in records:
-            self.offsets[record.partition] = record.offset + 1
+        self.offsets.update(self.source.consumed_offsets())  # past transaction markers too (not record + 1)
         self._since_checkpoint += len(records)
 
     # ------------------------------------------------------------------ stages' parts
@@ -286,6 +286,7 @@ class Daemon:
             "format": STATE_FORMAT,
             "topic": self.config.kafka.topic,
             "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
+            "topic_id": self.source.topic_id or self._topic_id,  # the log the offsets are in
             "learner": self.learner.state_dict(),
             "policy": self.policy.state_dict(),
             "prequential": self.prequential.state_dict(),
@@ -304,6 +305,7 @@ class Daemon:
                         state.get("topic"), self.config.kafka.topic)
         else:
             self.offsets = {int(p): o for p, o in state["offsets"].items()}
+            self._topic_id = state.get("topic_id")
         self.learner.load_state_dict(state["learner"])
         self.policy.load_state_dict(state["policy"])
         self.prequential.load_state_dict(state["prequential"])
