@@ -166,8 +166,10 @@ class Daemon:
                 self.curve.append((self.stats.learned, self.prequential.windowed, self.prequential.cumulative))
 
     def advance(self, records: Sequence[Any]) -> None:
-        self.offsets.update(self.source.consumed_offsets())  # past transaction markers too (not record + 1)
-        self._since_checkpoint += len(records)
+        moved = self.source.consumed_offsets()  # past transaction markers and log resets too (not record + 1)
+        changed = any(self.offsets.get(p) != offset for p, offset in moved.items())
+        self.offsets.update(moved)
+        self._since_checkpoint += len(records) or int(changed)  # offsets moved without records: checkpoint too
 
     # ------------------------------------------------------------------ stages' parts
 

@@ -81,6 +81,7 @@ class KafkaSource:
         self._end_checked = 0.0
         self.resets_by_partition: Counter = Counter()  # logs found lost or truncated under us, and followed
         self._failure: PegpError | None = None  # raised in the prefetch thread, re-raised on the loop's
+        self._to_end: dict[int, int | None] = {}  # partitions reset to "latest" -> high watermark at the reset
 
     @property
     def resets(self) -> int:
@@ -199,11 +200,13 @@ class KafkaSource:
         fetched = self._poll(timeout_ms)
         if fetched is None or self._check_topic_id():
             return  # after a replaced topic, the records just fetched came from the new log at the old positions
-        for tp, records in sorted(fetched.items(), key=lambda item: item[0].partition):
-            self._buffers[tp.partition].extend(records)
         marks = {tp.partition: self.consumer.highwater(tp) for tp in self.partitions}
         self._highwater = {p: mark for p, mark in marks.items() if mark is not None}  # one swap: read elsewhere
         for tp in self.partitions:
+            if tp.partition in self._to_end:
+                self._skip_to_end(tp, bool(fetched.get(tp)))
+            elif fetched.get(tp):
+                self._buffers[tp.partition].extend(fetched[tp])
             self._fetched[tp.partition] = self.consumer.position(tp, timeout_ms=1000) or self._fetched[tp.partition]
             if self._fetched[tp.partition] > self._highwater.get(tp.partition, self._fetched[tp.partition]):
                 self._out_of_range(tp, "is beyond the log end:")
@@ -272,8 +275,21 @@ class KafkaSource:
         self._handed.pop(tp.partition, None)
         self._fetched[tp.partition] = start if setting == "earliest" else end
         self.consumer.seek(tp, self._fetched[tp.partition])
+        if setting == "latest":
+            self._to_end[tp.partition] = self.consumer.highwater(tp)
         log.warning("%s; kafka.offset_reset=%s: reading on from offset %d", where, setting,
                     self._fetched[tp.partition], extra={"topic": tp.topic, "partition": tp.partition})
+
+    def _skip_to_end(self, tp: TopicPartition, fetched_any: bool) -> None:
+        """Finish a reset to "latest": ListOffsets may under-report the end (Tansu), so the first fetch
+        answered at the new position tells it (its high watermark); what that fetch returned is skipped."""
+        mark, before = self._highwater.get(tp.partition), self._to_end[tp.partition]
+        answered = fetched_any or (mark is not None and mark != before and mark <= self._fetched[tp.partition])
+        if not answered:
+            return
+        del self._to_end[tp.partition]
+        if mark is not None and mark > self._fetched[tp.partition]:
+            self.consumer.seek(tp, mark)
 
     def _log_bounds(self, tp: TopicPartition, marks_stale: bool = False) -> tuple[int, int]:
         """(log start, log end) of `tp`: ListOffsets, the end raised to the latest fetch's high watermark
