@@ -124,7 +124,7 @@ def test_dead_letter_topic_is_created_like_the_input(tmp_path):
         daemon = Daemon(typed(daemon_config(tmp_path, broker.bootstrap_servers, "input")))
         assert daemon.run() == 0
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
-        described = {t["topic"]: t for t in admin.describe_topics(["input", "input.dlq"])}
+        described = {t["name"]: t for t in admin.describe_topics(["input", "input.dlq"])}
         admin.close()
     assert len(described["input.dlq"]["partitions"]) == len(described["input"]["partitions"]) == 2
     assert sum(daemon.stats.dead_letters.values()) == 2
