@@ -128,3 +128,82 @@ def test_dead_letter_topic_is_created_like_the_input(tmp_path):
         admin.close()
     assert len(described["input.dlq"]["partitions"]) == len(described["input"]["partitions"]) == 2
     assert sum(daemon.stats.dead_letters.values()) == 2
+
+
+# ---------------------------------------------------------------------- librdkafka producers
+
+
+def confluent_produce(bootstrap: str, topic: str, settings: dict, id_prefix: str, limit_per_class: int = 2,
+                      transaction: str | None = None) -> list[str]:
+    """The digits stream through a confluent-kafka (librdkafka) producer with `settings`; returns the ids.
+    `transaction`: "commit" or "abort" sends the whole stream in one transaction ended that way."""
+    from confluent_kafka import Producer
+
+    from pegp_stream.config import StreamConfig
+    from pegp_stream.stream.encode import encode_record
+    from pegp_stream.stream.produce import ensure_topic
+    from pegp_stream.stream.replay import build_stream
+
+    ensure_topic(bootstrap, topic, 1)
+    stream = build_stream(StreamConfig(datasets=("digits",), limit_per_class=limit_per_class, classes_per_segment=2))
+    producer = Producer({"bootstrap.servers": bootstrap, **settings})
+    if transaction:
+        producer.init_transactions(30)
+        producer.begin_transaction()
+    ids = []
+    for record in stream:
+        ids.append(f"{id_prefix}-{record.position}")
+        value, headers = encode_record(record.image, record.label, id=ids[-1], segment=record.segment)
+        producer.produce(topic, value=value, headers=headers)
+    assert producer.flush(30) == 0
+    if transaction == "commit":
+        producer.commit_transaction(30)
+    elif transaction == "abort":
+        producer.abort_transaction(30)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def module_broker():
+    with EmbeddedBroker(port=free_port()) as broker:
+        yield broker
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_every_compression_codec_from_librdkafka_is_learned_exactly(module_broker, tmp_path, codec):
+    import kafka.codec
+
+    assert getattr(kafka.codec, f"has_{codec}")(), f"the {codec} codec library is a dependency"
+    bootstrap = module_broker.bootstrap_servers
+    ids = confluent_produce(bootstrap, codec, {"compression.type": codec, "linger.ms": 50}, codec)
+    daemon = Daemon(typed(daemon_config(tmp_path, bootstrap, codec)))
+    assert daemon.run() == 0
+    state = latest_state(tmp_path / "checkpoints")
+    assert state["stats"]["learned"] == len(ids) == 20
+    assert int(state["stats"]["learned_digest"]) == digest(ids)
+    assert state["offsets"] == {"0": 20}
+
+
+def test_a_fetch_that_cannot_be_decoded_stops_the_daemon_with_a_clear_error(module_broker, tmp_path, monkeypatch):
+    """Without the lz4 library (hidden from the daemon process), kafka-python spins inside poll() on an lz4
+    batch, at full CPU and deaf to SIGTERM; the daemon must stop instead and say why."""
+    import os
+    import subprocess
+
+    from daemon_support import start_process
+
+    bootstrap = module_broker.bootstrap_servers
+    confluent_produce(bootstrap, "lz4-unreadable", {"compression.type": "lz4"}, "u")
+    hide = tmp_path / "hide-lz4"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['lz4'] = sys.modules['lz4.frame'] = None\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")]))
+    process = start_process(daemon_config(tmp_path, bootstrap, "lz4-unreadable", exit_when_idle_s=None), tmp_path)
+    try:
+        code = process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("the daemon hung on an undecodable fetch") from None
+    log_text = (tmp_path / "daemon.log").read_text()
+    assert code != 0  # 2 once the CLI turns a PegpError from the daemon into a one-line error
+    assert "cannot decode records of topic 'lz4-unreadable'" in log_text and "lz4" in log_text
