@@ -223,7 +223,7 @@ class KafkaSource:
         except (UnsupportedCodecError, CorruptRecordError) as exc:
             raise UndecodableFetch(
                 f"cannot decode records of topic {self.config.topic!r} at offsets {self._fetched} "
-                f"({type(exc).__name__}: {exc}); the codec libraries come with pegp-stream's dependencies "
+                f"({exc}); the codec libraries come with pegp-stream's dependencies "
                 "(lz4, python-snappy, zstandard)") from exc
         except KafkaError as exc:
             log.warning("poll failed (%s: %s)", type(exc).__name__, exc, extra={"topic": self.config.topic})
