@@ -223,7 +223,10 @@ def test_transactions_leave_no_lag_and_the_idle_exit_fires(module_broker, tmp_pa
     thread = threading.Thread(target=lambda: outcome.append(_run_catching(daemon)))
     thread.start()
     thread.join(timeout=180)
-    assert not thread.is_alive(), "exit_when_idle_s never fired"
+    fired = not thread.is_alive()
+    daemon.request_stop()
+    thread.join(timeout=60)
+    assert fired, "exit_when_idle_s never fired"
     assert outcome == [0]
     assert daemon.cached_lag() == {0: 0}
     state = latest_state(tmp_path / "checkpoints")
