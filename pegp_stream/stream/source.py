@@ -242,7 +242,8 @@ class KafkaSource:
     # ------------------------------------------------------------------ lost logs
 
     def _current_topic_id(self) -> str | None:
-        topic_id = self.consumer._client.cluster.topic_id(self.config.topic)  # from the latest metadata
+        # from the latest metadata response (kafka-python has no public accessor for it)
+        topic_id = self.consumer._client.cluster.topic_id(self.config.topic)
         return str(topic_id) if topic_id is not None else None
 
     def _check_topic_id(self) -> bool:
@@ -252,18 +253,22 @@ class KafkaSource:
         if current is None or self.topic_id is None or current == self.topic_id:
             self.topic_id = self.topic_id or current
             return False
-        previous = self.topic_id
-        for tp in self.partitions:
-            self._out_of_range(tp, f"is in a log that was replaced (topic id {previous}, now {current}):",
-                               marks_stale=True)
-        self.topic_id = current
+        what = f"is in a log that was replaced (topic id {self.topic_id}, now {current}):"
+        if all([self._out_of_range(tp, what, marks_stale=True) for tp in self.partitions]):
+            self.topic_id = current  # else checked again at the next fetch
         return True
 
-    def _out_of_range(self, tp: TopicPartition, what: str, marks_stale: bool = False) -> None:
+    def _out_of_range(self, tp: TopicPartition, what: str, marks_stale: bool = False) -> bool:
         """Our position in `tp` is not in its log: follow `kafka.offset_reset` (raise, or seek to the start or
-        the end of the log). Learned state is kept either way. `marks_stale`: the last fetch's high watermark
+        the end of the log). Learned state is kept either way. False when the log's bounds cannot be listed
+        now (nothing changed; the next fetch finds it again). `marks_stale`: the last fetch's high watermark
         is the old log's."""
-        start, end = self._log_bounds(tp, marks_stale)
+        try:
+            start, end = self._log_bounds(tp, marks_stale)
+        except KafkaError as exc:
+            log.warning("partition %d: offset %d %s bounds unavailable (%s: %s)", tp.partition,
+                        self._fetched[tp.partition], what, type(exc).__name__, exc)
+            return False
         setting = self.config.offset_reset
         where = (f"topic {tp.topic!r} partition {tp.partition}: offset {self._fetched[tp.partition]} {what} "
                  f"log start {start}, end {end}")
@@ -279,6 +284,7 @@ class KafkaSource:
             self._to_end[tp.partition] = self.consumer.highwater(tp)
         log.warning("%s; kafka.offset_reset=%s: reading on from offset %d", where, setting,
                     self._fetched[tp.partition], extra={"topic": tp.topic, "partition": tp.partition})
+        return True
 
     def _skip_to_end(self, tp: TopicPartition, fetched_any: bool) -> None:
         """Finish a reset to "latest": ListOffsets may under-report the end (Tansu), so the first fetch
