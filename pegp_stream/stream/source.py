@@ -82,6 +82,7 @@ class KafkaSource:
         self.resets_by_partition: Counter = Counter()  # logs found lost or truncated under us, and followed
         self._failure: PegpError | None = None  # raised in the prefetch thread, re-raised on the loop's
         self._to_end: dict[int, int | None] = {}  # partitions reset to "latest" -> high watermark at the reset
+        self.answered_at: float | None = None  # monotonic time the broker last answered a ListOffsets request
 
     @property
     def resets(self) -> int:
@@ -317,6 +318,7 @@ class KafkaSource:
             log.warning("end offsets unavailable (%s: %s)", type(exc).__name__, exc)
             return
         self._end = {tp.partition: offset for tp, offset in ends.items()}
+        self.answered_at = now
 
     def end_offsets(self, max_age_s: float) -> dict[int, int]:
         """End offset per partition (`known_ends`), ListOffsets refreshed when older than `max_age_s`."""
