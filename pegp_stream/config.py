@@ -334,6 +334,15 @@ class KafkaConfig(Frozen):
     lag_interval_s: float = Field(5.0, gt=0, description="how often end offsets are fetched for lag")
     retry_initial_s: float = Field(0.5, gt=0, description="first backoff when the broker is unreachable")
     retry_max_s: float = Field(10.0, gt=0, description="longest backoff when the broker is unreachable")
+    offset_reset: Literal["fail", "earliest", "latest"] = Field(
+        "fail", description="when the checkpointed offset is not in the log (the log was lost, truncated or the "
+        "topic recreated): fail (exit 2, nothing skipped), earliest (read the new log from its start) or latest "
+        "(skip to its end)",
+    )
+    isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        "read_committed", description="read_committed skips aborted transactions where the broker honours it "
+        "(the embedded broker does not)",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="how clients talk to the brokers")
     ssl_cafile: str | None = Field(None, description="CA bundle to verify the brokers (PEM file)")

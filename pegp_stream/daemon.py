@@ -27,7 +27,7 @@ from typing import Any
 from .checkpoint import CheckpointStore
 from .config import DaemonConfig
 from .drift import BoundaryPolicy
-from .errors import CheckpointError, StateMismatchError
+from .errors import CheckpointError, PegpError, StateMismatchError
 from .evaluate import PrequentialAccuracy
 from .learner import Learner, create_learner
 from .metrics import DurationHistogram
@@ -90,6 +90,7 @@ class Daemon:
         self.stats = StreamStats()
         self.offsets: dict[int, int] = {}  # next offset per partition, applied to the learned state
         self._dead_letter_ends: dict[int, int] = {}  # the dead-letter topic's ends at the restored checkpoint
+        self._topic_id: str | None = None  # the topic id the checkpointed offsets were read from
         self.last_checkpoint: dict[str, float] = {}
         self._input = self.learner.input_config
         self._stop = threading.Event()
@@ -101,6 +102,7 @@ class Daemon:
         self._checkpoint_retry = backoff_delays(1.0, 60.0)
         self._checkpoint_retry_at = 0.0
         self._idle_since: float | None = None
+        self._resets_seen = 0
         self.connected = False  # the source has its partitions (else: waiting for the broker or the topic)
         self.heartbeat = self.last_learned_at = self.caught_up_at = time.monotonic()
         self.last_loss = float("nan")
@@ -135,7 +137,7 @@ class Daemon:
         self.publish()
         self.start_http()
         try:
-            if not self.source.connect(self.offsets, self._stop_requested):
+            if not self.source.connect(self.offsets, self._stop_requested, self._topic_id):
                 return self.shutdown()
             self.connected = True
             self.dead_letters.prepare()
@@ -146,8 +148,9 @@ class Daemon:
                 if self._idle_long_enough(records):
                     log.info("caught up and idle for %.1f s: stopping", self.config.exit_when_idle_s)
                     break
-        except BaseException:
-            log.error("stopping on an unexpected error, without a checkpoint: a restart resumes from the last one")
+        except BaseException as exc:
+            what = "" if isinstance(exc, PegpError) else "an unexpected error, "
+            log.error("stopping on %swithout a checkpoint (a restart resumes from the last one): %s", what, exc)
             self.close()
             raise
         return self.shutdown()
@@ -160,6 +163,9 @@ class Daemon:
         self.maybe_checkpoint()
         self.maybe_publish(idle=not records)
         self.lag()  # refreshes end offsets every lag_interval_s (and notices a reset log)
+        if self.source.resets > self._resets_seen:  # the broker lost its logs: the dead-letter topic too
+            self._resets_seen = self.source.resets
+            self.dead_letters.prepare()
 
     def _stop_requested(self) -> bool:
         """The source's stop check, called every few ms while it polls or waits: also the loop's heartbeat,
@@ -195,9 +201,10 @@ class Daemon:
                 self.curve.append((self.stats.learned, self.prequential.windowed, self.prequential.cumulative))
 
     def advance(self, records: Sequence[Any]) -> None:
-        for record in records:
-            self.offsets[record.partition] = record.offset + 1
-        self._since_checkpoint += len(records)
+        moved = self.source.consumed_offsets()  # past transaction markers and log resets too (not record + 1)
+        changed = any(self.offsets.get(p) != offset for p, offset in moved.items())
+        self.offsets.update(moved)
+        self._since_checkpoint += len(records) or int(changed)  # offsets moved without records: checkpoint too
 
     # ------------------------------------------------------------------ stages' parts
 
@@ -325,6 +332,7 @@ class Daemon:
             "topic": self.config.kafka.topic,
             "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
             "dead_letter_ends": {str(p): o for p, o in sorted(self.dead_letters.ends.items())},
+            "topic_id": self.source.topic_id or self._topic_id,  # the log the offsets are in
             "learner": self.learner.state_dict(),
             "policy": self.policy.state_dict(),
             "prequential": self.prequential.state_dict(),
@@ -361,6 +369,7 @@ class Daemon:
             offsets = {}
         else:
             offsets = {int(p): int(o) for p, o in state["offsets"].items()}
+            self._topic_id = state.get("topic_id")
         self.learner.load_state_dict(state["learner"])
         self.policy.load_state_dict(state["policy"])
         self.prequential.load_state_dict(state["prequential"])
@@ -373,7 +382,7 @@ class Daemon:
         self.learner = create_learner(self.config.learner)
         self.policy, self.prequential, self.stats = BoundaryPolicy(self.config.drift), PrequentialAccuracy(), \
             StreamStats()
-        self.offsets, self._dead_letter_ends = {}, {}
+        self.offsets, self._dead_letter_ends, self._topic_id = {}, {}, None
 
     def shutdown(self) -> int:
         """After a clean stop: the final checkpoint (when anything changed), then close. 1 if it failed."""

@@ -96,6 +96,9 @@ class StateCollector(Collector):
         checkpoint = daemon.last_checkpoint
         yield _gauge("pegp_last_checkpoint_timestamp_seconds", "Unix time of the last durable checkpoint", None,
                      {"": checkpoint.get("time", 0.0)})
+        yield _counter("pegp_offset_resets", "Partitions whose log was lost, truncated or recreated under the "
+                       "learner, followed by kafka.offset_reset", "partition",
+                       {str(p): n for p, n in daemon.source.resets_by_partition.items()})
         yield _counter("pegp_checkpoint_failures", "Checkpoint attempts that failed (disk, dead letters undelivered)",
                        None, {"": daemon.checkpoint_failures})
         yield _gauge("pegp_dead_letters_unconfirmed", "Dead letters sent but not yet acknowledged by the broker",

@@ -220,7 +220,7 @@ def test_broker_down_at_start_then_up(tmp_path):
 def test_broker_restarted_mid_stream_keeps_learned_state(tmp_path):
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
-    config = daemon_config(tmp_path, bootstrap, "restart", exit_when_idle_s=None)
+    config = daemon_config(tmp_path, bootstrap, "restart", exit_when_idle_s=None, kafka={"offset_reset": "earliest"})
     daemon = Daemon(typed(config))
     thread = threading.Thread(target=daemon.run)
     broker = EmbeddedBroker(port=port).start()

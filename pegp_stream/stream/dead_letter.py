@@ -31,9 +31,11 @@ class DeadLetterSink:
         self.sent = 0
 
     def prepare(self) -> None:
-        """Create the dead-letter topic if it is missing: relying on the broker's auto-creation can lose the
-        first records (seen with Tansu 0.6), and some clusters forbid it."""
-        from kafka.admin import KafkaAdminClient, NewTopic
+        """Create the dead-letter topic if it is missing, before anything is sent to it, with the input topic's
+        partition count and replication factor. A send to a missing topic would have the broker auto-create
+        it with its own defaults (Tansu: several partitions, and its first records can be lost), and some
+        clusters forbid auto-creation."""
+        from kafka.admin import KafkaAdminClient
         from kafka.errors import TopicAlreadyExistsError
 
         try:
@@ -43,7 +45,7 @@ class DeadLetterSink:
             return
         try:
             if self.topic not in admin.list_topics():
-                admin.create_topics([NewTopic(self.topic, 1, 1)])
+                admin.create_topics([self._like_input(admin)])
                 log.info("created dead-letter topic %s", self.topic)
         except TopicAlreadyExistsError:
             pass
@@ -70,6 +72,16 @@ class DeadLetterSink:
         if self._delivered:
             log.info("%d dead letter(s) were delivered after the last checkpoint: not written again",
                      len(self._delivered))
+    def _like_input(self, admin: Any) -> Any:
+        """The dead-letter topic as a NewTopic shaped like the input topic (1 partition, replication 1 if the
+        input cannot be described)."""
+        from kafka.admin import NewTopic
+
+        described = [t for t in admin.describe_topics([self.config.topic]) if t.get("name") == self.config.topic]
+        partitions = described[0].get("partitions") if described else None
+        if not partitions:
+            return NewTopic(self.topic, 1, 1)
+        return NewTopic(self.topic, len(partitions), max(1, len(partitions[0].get("replica_nodes") or [1])))
 
     def send(self, record: Any, reason: str, message: str) -> None:
         """Queue `record` for the dead-letter topic. Delivery is confirmed by `flush`, which the daemon calls
@@ -131,6 +143,7 @@ class DeadLetterSink:
     def _producer_or_create(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = KafkaProducer(**self.config.client_options(), acks="all", linger_ms=5,
+                                           allow_auto_create_topics=False,  # `prepare` creates it like the input
                                            max_request_size=self.config.dead_letter_max_bytes + LETTER_SLACK)
         return self._producer
 

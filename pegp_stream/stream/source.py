@@ -6,21 +6,34 @@ Order: records are merged across partitions by (timestamp, partition, offset), a
 records the source has not fetched yet holds the merge back (up to `hold_s`), so a stream that is already
 in the topic is cut into the same batches on every run: a resumed run reaches the state of an
 uninterrupted one.
+
+A log that no longer holds our position (lost by a broker restart, truncated by retention, or the topic
+recreated) is never read past silently: `kafka.offset_reset` says whether to stop (OffsetOutOfRange), to read
+the new log from its start, or to skip to its end. A fetch that cannot be decoded (a compression codec whose
+library is missing) stops the source with UndecodableFetch instead of spinning inside kafka-python.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import (
+    CorruptRecordError,
+    KafkaError,
+    LogTruncationError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+    UnsupportedCodecError,
+)
 from kafka.structs import OffsetAndMetadata
 
 from ..config import KafkaConfig
+from ..errors import PegpError
 
 log = logging.getLogger(__name__)
 Stop = Callable[[], bool]
@@ -28,6 +41,16 @@ Stop = Callable[[], bool]
 
 class TopicNotReady(Exception):
     """The input topic does not exist yet or has no partitions."""
+
+
+class OffsetOutOfRange(PegpError):
+    """Our position is not in the partition's log and `kafka.offset_reset` is "fail". Nothing past the
+    position was read or applied."""
+
+
+class UndecodableFetch(PegpError):
+    """kafka-python cannot decode a fetch (a compression codec's library is missing, or a corrupt batch);
+    polling again would spin on it."""
 
 
 def backoff_delays(initial: float, maximum: float):
@@ -49,27 +72,38 @@ class KafkaSource:
         self.hold_s = hold_s
         self.consumer: KafkaConsumer | None = None
         self.partitions: list[TopicPartition] = []
+        self.topic_id: str | None = None  # the topic's id (KIP-516) whose log our positions are in
         self._buffers: dict[int, deque] = {}
-        self._fetched: dict[int, int] = {}  # next offset to fetch, per partition
+        self._fetched: dict[int, int] = {}  # the consumer's position per partition: next offset to fetch
+        self._handed: dict[int, int] = {}  # offset after the last record handed out, per partition
         self._end: dict[int, int] = {}  # end offset per partition, from ListOffsets (every lag_interval_s)
         self._highwater: dict[int, int] = {}  # high watermark per partition, from the latest fetch response
         self._end_checked = 0.0
-        self.resets = 0  # times a partition's log was found reset (lost or truncated) under us
-        self._last_seen: dict[int, Any] = {}  # last fetched record per partition (offset, timestamp, value)
-        self._verified_end: dict[int, int] = {}  # end offset at which the log was last found intact
+        self.resets_by_partition: Counter = Counter()  # logs found lost or truncated under us, and followed
+        self._failure: PegpError | None = None  # raised in the prefetch thread, re-raised on the loop's
+        self._to_end: dict[int, int | None] = {}  # partitions reset to "latest" -> high watermark at the reset
         self.answered_at: float | None = None  # monotonic time the broker last answered a ListOffsets request
+
+    @property
+    def resets(self) -> int:
+        return sum(self.resets_by_partition.values())
 
     # ------------------------------------------------------------------ connection
 
-    def connect(self, offsets: dict[int, int], stop: Stop) -> bool:
+    def connect(self, offsets: dict[int, int], stop: Stop, topic_id: str | None = None) -> bool:
         """Assign every partition and seek to `offsets` (partitions not in it start at the beginning).
-        Retries with exponential backoff while the broker or the topic is not there; False if stopped."""
+        `topic_id` is the id of the topic those offsets were read from (a checkpoint's); a different id now
+        means the topic was recreated and `kafka.offset_reset` applies. Retries with exponential backoff
+        while the broker or the topic is not there; False if stopped. Raises OffsetOutOfRange."""
         for delay in backoff_delays(self.config.retry_initial_s, self.config.retry_max_s):
             if stop():
                 return False
             try:
-                self._connect(offsets)
+                self._connect(offsets, topic_id)
                 return True
+            except PegpError:
+                self.close()
+                raise
             except (KafkaError, TopicNotReady, OSError) as exc:
                 log.warning("kafka not ready (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay,
                             extra={"topic": self.config.topic})
@@ -77,26 +111,30 @@ class KafkaSource:
                 sleep_unless(stop, delay)
         return False
 
-    def _connect(self, offsets: dict[int, int]) -> None:
+    def _connect(self, offsets: dict[int, int], topic_id: str | None) -> None:
+        # auto_offset_reset="none": kafka-python raises on an out-of-range fetch instead of silently moving
         self.consumer = KafkaConsumer(
             **self.config.client_options(), group_id=self.config.group_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=max(5000, 4 * self.config.batch_size),
+            auto_offset_reset="none", isolation_level=self.config.isolation_level,
+            max_poll_records=max(5000, 4 * self.config.batch_size),
         )
         partitions = self.consumer.partitions_for_topic(self.config.topic)
         if not partitions:
             raise TopicNotReady(f"topic {self.config.topic!r} has no partitions yet")
         self.partitions = [TopicPartition(self.config.topic, p) for p in sorted(partitions)]
         self.consumer.assign(self.partitions)
+        self.consumer.seek_to_beginning(*self.partitions)
+        starts = {tp.partition: self.consumer.position(tp) for tp in self.partitions}
         for tp in self.partitions:
-            start = offsets.get(tp.partition)
-            if start is None:
-                self.consumer.seek_to_beginning(tp)
-                start = self.consumer.position(tp)
-            else:
-                self.consumer.seek(tp, start)
             self._buffers[tp.partition] = deque()
-            self._fetched[tp.partition] = start
+            self._fetched[tp.partition] = offsets.get(tp.partition, starts[tp.partition])
+            self.consumer.seek(tp, self._fetched[tp.partition])
         self._refresh_end(force=True)
+        self.topic_id = topic_id or self._current_topic_id()
+        self._check_topic_id()
+        for tp in self.partitions:
+            if self._fetched[tp.partition] < starts[tp.partition]:
+                self._out_of_range(tp, "is before the log start:")
         log.info("assigned %d partition(s) of %s at %s", len(self.partitions), self.config.topic,
                  {p: self._fetched[p] for p in sorted(self._fetched)}, extra={"topic": self.config.topic})
 
@@ -112,7 +150,10 @@ class KafkaSource:
 
     def next_batch(self, stop: Stop) -> list[Any]:
         """Up to `batch_size` records in merge order. Waits at most `max_wait_ms` to fill a batch once
-        every partition is caught up; returns [] when nothing arrived."""
+        every partition is caught up; returns [] when nothing arrived. Raises OffsetOutOfRange and
+        UndecodableFetch (also those met by `prefetch` meanwhile)."""
+        if self._failure is not None:
+            raise self._failure
         batch: list[Any] = []
         deadline = time.monotonic() + self.config.max_wait_ms / 1000
         held_since: float | None = None
@@ -130,6 +171,14 @@ class KafkaSource:
             self._fetch(timeout_ms=50 if pending else max(1, int(1000 * (deadline - time.monotonic()))))
         return batch
 
+    def consumed_offsets(self) -> dict[int, int]:
+        """Next offset per partition once every record handed out so far is applied: after the last record
+        handed out, or the consumer's position where nothing fetched is left in the buffer. The position has
+        moved past what is never handed out (transaction markers, aborted records under read_committed), so
+        a caught-up partition has no lag even when its log ends with a control record."""
+        return {p: self._handed[p] if buffer else self._fetched[p] for p, buffer in self._buffers.items()
+                if not buffer or p in self._handed}
+
     def _pending(self) -> list[int]:
         """Partitions with an empty buffer but records on the broker not fetched yet (by the last known end
         offsets, refreshed every `lag_interval_s`). One partition needs no merge, so nothing is pending."""
@@ -144,34 +193,117 @@ class KafkaSource:
         if not heads:
             return None
         _, partition, _ = min(heads)
-        return self._buffers[partition].popleft()
+        record = self._buffers[partition].popleft()
+        self._handed[partition] = record.offset + 1
+        return record
 
     def _fetch(self, timeout_ms: int) -> None:
+        fetched = self._poll(timeout_ms)
+        if fetched is None or self._check_topic_id():
+            return  # after a replaced topic, the records just fetched came from the new log at the old positions
+        marks = {tp.partition: self.consumer.highwater(tp) for tp in self.partitions}
+        self._highwater = {p: mark for p, mark in marks.items() if mark is not None}  # one swap: read elsewhere
+        for tp in self.partitions:
+            if tp.partition in self._to_end:
+                self._skip_to_end(tp, bool(fetched.get(tp)))
+            elif fetched.get(tp):
+                self._buffers[tp.partition].extend(fetched[tp])
+            self._fetched[tp.partition] = self.consumer.position(tp, timeout_ms=1000) or self._fetched[tp.partition]
+            if self._fetched[tp.partition] > self._highwater.get(tp.partition, self._fetched[tp.partition]):
+                self._out_of_range(tp, "is beyond the log end:")
+
+    def _poll(self, timeout_ms: int) -> dict | None:
+        """One poll; None when it failed. A retriable failure is logged; an out-of-range position follows
+        `kafka.offset_reset`; an undecodable fetch raises (kafka-python would spin on it at full CPU)."""
         try:
-            fetched = self.consumer.poll(timeout_ms=min(timeout_ms, 200))
+            return self.consumer.poll(timeout_ms=min(timeout_ms, 200))
+        except (OffsetOutOfRangeError, NoOffsetForPartitionError, LogTruncationError) as exc:  # real Kafka says so
+            named = exc.args[0] if exc.args and isinstance(exc.args[0], dict | set) else self.partitions
+            for tp in named:
+                self._out_of_range(tp, "is out of the log's range (the broker says):")
+        except (UnsupportedCodecError, CorruptRecordError) as exc:
+            raise UndecodableFetch(
+                f"cannot decode records of topic {self.config.topic!r} at offsets {self._fetched} "
+                f"({exc}); the codec libraries come with pegp-stream's dependencies "
+                "(lz4, python-snappy, zstandard)") from exc
         except KafkaError as exc:
             log.warning("poll failed (%s: %s)", type(exc).__name__, exc, extra={"topic": self.config.topic})
             time.sleep(0.1)
-            return
-        for tp, records in sorted(fetched.items(), key=lambda item: item[0].partition):
-            self._buffer(tp.partition, records)
-        marks = {tp.partition: self.consumer.highwater(tp) for tp in self.partitions}
-        self._highwater = {p: mark for p, mark in marks.items() if mark is not None}  # one swap: read elsewhere
-
-    def _buffer(self, partition: int, records: list[Any]) -> None:
-        if not records:
-            return
-        if records[0].offset < self._fetched[partition]:
-            log.warning("partition %d restarted at offset %d (log truncated or reset)", partition, records[0].offset,
-                        extra={"topic": self.config.topic, "partition": partition})
-        self._buffers[partition].extend(records)
-        self._fetched[partition] = records[-1].offset + 1
-        self._last_seen[partition] = records[-1]
+        return None
 
     def prefetch(self, timeout_ms: int) -> None:
-        """Fetch into the buffers without handing anything out (keeps the pipe full during a consolidation)."""
-        if self.consumer is not None:
-            self._fetch(timeout_ms)
+        """Fetch into the buffers without handing anything out (keeps the pipe full during a consolidation).
+        Runs on another thread: a failure is kept for the loop's next `next_batch`."""
+        if self.consumer is not None and self._failure is None:
+            try:
+                self._fetch(timeout_ms)
+            except PegpError as exc:
+                self._failure = exc
+
+    # ------------------------------------------------------------------ lost logs
+
+    def _current_topic_id(self) -> str | None:
+        # from the latest metadata response (kafka-python has no public accessor for it)
+        topic_id = self.consumer._client.cluster.topic_id(self.config.topic)
+        return str(topic_id) if topic_id is not None else None
+
+    def _check_topic_id(self) -> bool:
+        """True (and `kafka.offset_reset` followed) when the topic's id changed: it was deleted and created
+        again (a restarted in-memory broker does that), so no position read from the old log holds."""
+        current = self._current_topic_id()
+        if current is None or self.topic_id is None or current == self.topic_id:
+            self.topic_id = self.topic_id or current
+            return False
+        what = f"is in a log that was replaced (topic id {self.topic_id}, now {current}):"
+        if all([self._out_of_range(tp, what, marks_stale=True) for tp in self.partitions]):
+            self.topic_id = current  # else checked again at the next fetch
+        return True
+
+    def _out_of_range(self, tp: TopicPartition, what: str, marks_stale: bool = False) -> bool:
+        """Our position in `tp` is not in its log: follow `kafka.offset_reset` (raise, or seek to the start or
+        the end of the log). Learned state is kept either way. False when the log's bounds cannot be listed
+        now (nothing changed; the next fetch finds it again). `marks_stale`: the last fetch's high watermark
+        is the old log's."""
+        try:
+            start, end = self._log_bounds(tp, marks_stale)
+        except KafkaError as exc:
+            log.warning("partition %d: offset %d %s bounds unavailable (%s: %s)", tp.partition,
+                        self._fetched[tp.partition], what, type(exc).__name__, exc)
+            return False
+        setting = self.config.offset_reset
+        where = (f"topic {tp.topic!r} partition {tp.partition}: offset {self._fetched[tp.partition]} {what} "
+                 f"log start {start}, end {end}")
+        if setting == "fail":
+            raise OffsetOutOfRange(f"{where}; kafka.offset_reset=fail stops here (earliest reads the log "
+                                   "from its start, latest skips to its end)")
+        self.resets_by_partition[tp.partition] += 1
+        self._buffers[tp.partition].clear()
+        self._handed.pop(tp.partition, None)
+        self._fetched[tp.partition] = start if setting == "earliest" else end
+        self.consumer.seek(tp, self._fetched[tp.partition])
+        if setting == "latest":
+            self._to_end[tp.partition] = self.consumer.highwater(tp)
+        log.warning("%s; kafka.offset_reset=%s: reading on from offset %d", where, setting,
+                    self._fetched[tp.partition], extra={"topic": tp.topic, "partition": tp.partition})
+        return True
+
+    def _skip_to_end(self, tp: TopicPartition, fetched_any: bool) -> None:
+        """Finish a reset to "latest": ListOffsets may under-report the end (Tansu), so the first fetch
+        answered at the new position tells it (its high watermark); what that fetch returned is skipped."""
+        mark, before = self._highwater.get(tp.partition), self._to_end[tp.partition]
+        answered = fetched_any or (mark is not None and mark != before and mark <= self._fetched[tp.partition])
+        if not answered:
+            return
+        del self._to_end[tp.partition]
+        if mark is not None and mark > self._fetched[tp.partition]:
+            self.consumer.seek(tp, mark)
+
+    def _log_bounds(self, tp: TopicPartition, marks_stale: bool = False) -> tuple[int, int]:
+        """(log start, log end) of `tp`: ListOffsets, the end raised to the latest fetch's high watermark
+        (Tansu's ListOffsets answers the last batch's base offset + 1)."""
+        start = self.consumer.beginning_offsets([tp], timeout_ms=5000)[tp]
+        end = self.consumer.end_offsets([tp], timeout_ms=5000)[tp]
+        return start, end if marks_stale else max(end, self.consumer.highwater(tp) or 0)
 
     # ------------------------------------------------------------------ offsets
 
@@ -187,46 +319,6 @@ class KafkaSource:
             return
         self._end = {tp.partition: offset for tp, offset in ends.items()}
         self.answered_at = now
-        for tp in self.partitions:
-            end = self._end.get(tp.partition, 0)
-            suspicious = end < self._fetched[tp.partition] and end != self._verified_end.get(tp.partition)
-            if suspicious and not self._buffers[tp.partition]:
-                if self._log_intact(tp):
-                    self._verified_end[tp.partition] = end
-                else:
-                    self._restart_partition(tp)
-
-    def _log_intact(self, tp: TopicPartition) -> bool:
-        """When the log seems to end before our position: is the last record we fetched still there,
-        unchanged? Checked once per end offset seen, while the partition is caught up. (Records at an offset
-        never change in an intact log. End offsets alone cannot tell: Tansu reports the last batch's base
-        offset + 1.)"""
-        last = self._last_seen.get(tp.partition)
-        if last is None:
-            return True
-        self.consumer.seek(tp, last.offset)
-        probe, deadline = None, time.monotonic() + 3.0
-        while probe is None and time.monotonic() < deadline:
-            for other, records in self.consumer.poll(timeout_ms=200).items():
-                if other.partition == tp.partition:
-                    probe = records[0] if records else None
-                else:
-                    self._buffer(other.partition, records)
-        same = probe is not None and (probe.offset, probe.timestamp, probe.value) == (
-            last.offset, last.timestamp, last.value)
-        self.consumer.seek(tp, self._fetched[tp.partition] if same else last.offset)
-        return same
-
-    def _restart_partition(self, tp: TopicPartition) -> None:
-        """The log no longer holds what we read: the broker lost or truncated it (an in-memory broker was
-        restarted). Learned state is kept; reading resumes at the log's beginning."""
-        self.resets += 1
-        self._buffers[tp.partition].clear()
-        self.consumer.seek_to_beginning(tp)
-        self._fetched[tp.partition] = self.consumer.position(tp, timeout_ms=2000) or 0
-        self._last_seen.pop(tp.partition, None)
-        log.warning("partition %d was reset under us: reading again from offset %d", tp.partition,
-                    self._fetched[tp.partition], extra={"topic": tp.topic, "partition": tp.partition})
 
     def end_offsets(self, max_age_s: float) -> dict[int, int]:
         """End offset per partition (`known_ends`), ListOffsets refreshed when older than `max_age_s`."""
