@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import resource
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -18,13 +20,16 @@ import httpx
 import numpy as np
 import pytest
 from conftest import digits_segment, tiny_config
+from daemon_support import daemon_config, latest_state, produce_digits, start_process, wait_for
 from PIL import Image
 
 from pegp_stream import create_learner
+from pegp_stream.checkpoint import CheckpointStore
 from pegp_stream.config import HttpConfig
 from pegp_stream.errors import ConfigError
 from pegp_stream.serving.app import HttpServer, create_app
 from pegp_stream.serving.snapshot import SnapshotPublisher
+from pegp_stream.stream.broker import EmbeddedBroker, free_port
 
 LIMITS = {"max_body_bytes": 200_000, "max_request_pixels": 300 * 300, "max_connections": 16,
           "request_timeout_s": 1.0, "keep_alive_s": 1.0}
@@ -202,6 +207,50 @@ def test_a_slow_header_sender_is_closed_and_a_kept_alive_connection_times_out(se
         kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status_of(kept) == 200
         assert closed_by_server(kept)
+
+
+def test_a_flood_of_connections_cannot_starve_the_learner_of_file_descriptors(tmp_path):
+    """The learner in its own process with 512 descriptors; 1000 connections that never send a byte, held
+    longer than any deadline, while it learns and checkpoints: it learns everything and stops cleanly."""
+    port = free_port()
+    with EmbeddedBroker(port=free_port()) as broker:
+        config = daemon_config(tmp_path, broker.bootstrap_servers, "flood", exit_when_idle_s=None,
+                               http={"enabled": True, "port": port, "request_timeout_s": 600},
+                               checkpoint={"every_records": 24})  # 120 records: the last checkpoint has them all
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # inherited by the daemon only
+        try:
+            process = start_process(config, tmp_path)
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        flood: list[socket.socket] = []
+        try:
+            wait_for(lambda: _healthy(f"http://127.0.0.1:{port}"), 120, what="the daemon's HTTP server")
+            flood += [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(1000)]
+            ids = produce_digits(broker.bootstrap_servers, "flood", limit_per_class=12)
+            checkpoints = tmp_path / "checkpoints"
+            wait_for(lambda: process.poll() is not None or _learned(checkpoints) == len(ids), 300,
+                     what="checkpoints while flooded")
+            assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=120) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+        finally:
+            process.kill()
+            for sock in flood:
+                sock.close()
+    assert latest_state(checkpoints)["stats"]["learned"] == len(ids)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _learned(checkpoints) -> int:
+    latest = CheckpointStore(checkpoints).load_latest() if checkpoints.is_dir() else None
+    return latest.state["stats"]["learned"] if latest else 0
 
 
 # ---------------------------------------------------------------- 17 (part): the port in use

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import functools
 import hmac
+import resource
 import socket
 import time
 from collections.abc import Iterator
@@ -292,9 +293,10 @@ def serve_docs(app: FastAPI) -> None:
 
 class HttpServer:
     """uvicorn in a background thread; `start` returns once it listens (port 0 picks a free port). Connection
-    limits come from the app's HttpConfig (`create_app` puts it on `app.state`): at most `max_connections`
-    (503 beyond), a deadline for each request's headers and body parts, and idle keep-alive connections
-    closed after `keep_alive_s`. A port that cannot be bound raises ConfigError naming the field."""
+    limits come from the app's HttpConfig (`create_app` puts it on `app.state`): requests beyond
+    `max_connections` get 503, a deadline for each request's headers and body parts, idle keep-alive
+    connections closed after `keep_alive_s`, and connections beyond half the process's file descriptor limit
+    dropped at once, so the learner keeps the other half. A port that cannot be bound raises ConfigError."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
         import uvicorn
@@ -302,10 +304,13 @@ class HttpServer:
         config: HttpConfig = app.state.http_config
         self.socket = _listening_socket(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
+        share = _descriptor_limit() // 2  # the HTTP side's file descriptors; the learner keeps the other half
+        backlog = min(2048, share // 2)  # asyncio accepts up to `backlog` sockets before any is dropped
         self.server = uvicorn.Server(uvicorn.Config(
-            app, log_level="warning", access_log=False, limit_concurrency=config.max_connections,
+            app, log_level="warning", access_log=False, limit_concurrency=config.max_connections, backlog=backlog,
             timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # uvicorn takes any number
-            http=functools.partial(HeaderDeadline, timeout_s=config.request_timeout_s),  # type: ignore[arg-type]
+            http=functools.partial(HeaderDeadline, timeout_s=config.request_timeout_s,  # type: ignore[arg-type]
+                                   max_open=share - backlog),
         ))
         self.thread = None
 
@@ -327,6 +332,12 @@ class HttpServer:
         self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=10)
+
+
+def _descriptor_limit() -> int:
+    """The process's soft limit on open file descriptors."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 2**20 if soft == resource.RLIM_INFINITY else soft
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -77,16 +77,21 @@ class _BodyReader:
 class HeaderDeadline(H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request's line and headers: `timeout_s` from the
     connection's start, or from the previous response on a kept-alive connection. A connection that misses it
-    (silent, or sending headers byte by byte) is closed, so idle sockets cannot pile up and use every file
-    descriptor. Pass `functools.partial(HeaderDeadline, timeout_s=...)` as uvicorn's `http`."""
+    (silent, or sending headers byte by byte) is closed, so idle sockets cannot pile up. Beyond `max_open`
+    connections a new one is dropped at once: the rest of the process's file descriptors (checkpoints, Kafka)
+    stay free whatever clients do. Pass `functools.partial(HeaderDeadline, timeout_s=..., max_open=...)` as
+    uvicorn's `http`."""
 
-    def __init__(self, *args: Any, timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, timeout_s: float, max_open: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.timeout_s = timeout_s
+        self.timeout_s, self.max_open = timeout_s, max_open
         self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if len(self.connections) > self.max_open:
+            transport.abort()
+            return
         self.arm()
 
     def handle_events(self) -> None:
