@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import PegpError
+from .errors import ConfigError, PegpError
 
 log = logging.getLogger("pegp_stream")
 DATA_DIR_HELP = ("folder with local data files (default: $PEGPSTREAM_DATA, else ../shared/data); data sets found "
@@ -66,7 +66,10 @@ def _run_daemon(config) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.request_stop())
     log.info("learner daemon on topic %s at %s", config.kafka.topic, config.kafka.bootstrap_servers)
-    return daemon.run()
+    try:
+        return daemon.run()
+    except ConfigError as exc:  # found at start, before anything is learned: the HTTP port in use
+        _fail(exc)
 
 
 def _follow_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -96,8 +99,11 @@ def serve(follow: str, config_path: str | None, overrides: tuple[str, ...], poll
     except PegpError as exc:
         _fail(exc)
     follower = CheckpointFollower(follow, poll_s=poll)
-    server = HttpServer(create_app(config.http, follower.snapshots, limits=config.decode), config.http.host,
-                        config.http.port).start()
+    try:
+        server = HttpServer(create_app(config.http, follower.snapshots, limits=config.decode), config.http.host,
+                            config.http.port).start()
+    except PegpError as exc:  # the port in use
+        _fail(exc)
     log.info("serving replica on %s, following %s", server.url, follow)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: follower.stop())

@@ -399,7 +399,17 @@ class HttpConfig(Frozen):
         "every checkpoint and boundary, and as soon as the stream goes idle)",
     )
     max_instances: Positive = Field(64, description="images per prediction request")
-    max_body_bytes: Positive = Field(16 * 2**20, description="largest request body")
+    max_body_bytes: Positive = Field(16 * 2**20, description="largest request body, counted while it arrives "
+                                     "(chunked and multipart too); 413 beyond it")
+    max_request_pixels: Positive = Field(4096 * 4096, description="decoded pixels (H * W) summed over one "
+                                         "request's images, checked on each image's declared size before decoding "
+                                         "it; 413 beyond it")
+    max_connections: Positive = Field(256, description="open connections (and requests in progress) the server "
+                                      "takes; a request beyond it gets 503")
+    request_timeout_s: float = Field(10.0, gt=0, description="a connection that has not sent a request's headers "
+                                     "this long after connecting (or after its last response) is closed; a body "
+                                     "that stops arriving for this long gets 408")
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle kept-alive connection is closed after this long")
     top_k: Positive = Field(3, description="default number of classes in each answer's top_k")
     boundary_token: SecretStr | None = Field(None, description="bearer token for POST /v1/boundary (unset: off)")
     stall_after_s: float = Field(60.0, gt=0, description="readyz fails when the learner loop is silent this long "

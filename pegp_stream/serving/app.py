@@ -4,22 +4,31 @@ requests, health, readiness and Prometheus metrics. Bad requests get a 4xx with 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hmac
+import resource
+import socket
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from ..checkpoint import recorded_digest
 from ..config import HttpConfig
+from ..errors import ConfigError
 from ..metrics import build_registry
-from ..stream.decode import DecodeError, DecodeLimits, decode_image_bytes, decode_image_fields
+from ..stream.decode import DecodeLimits, decode_image_bytes, decode_image_fields
 from ..stream.preprocess import to_model_input
+from .limits import BodyLimit, HeaderDeadline, PixelBudget
 from .page import STATUS_PAGE
 from .snapshot import SnapshotPublisher
 
@@ -28,10 +37,19 @@ if TYPE_CHECKING:
 
 
 class Instance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """One image: `image` (an encoded file) or `pixels` with `shape` (raw uint8)."""
+
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"anyOf": [{"required": ["image"]}, {"required": ["pixels"]}]})
     image: str | None = Field(None, description="base64 of PNG or JPEG bytes")
     pixels: str | None = Field(None, description="base64 of raw uint8 pixels; needs shape")
     shape: list[int] | None = Field(None, description="[H, W] or [H, W, C]")
+
+    @model_validator(mode="after")
+    def has_an_image(self) -> Instance:
+        if self.image is None and self.pixels is None:
+            raise ValueError("an instance needs 'image' (base64 PNG/JPEG) or 'pixels' with 'shape'")
+        return self
 
 
 class PredictRequest(BaseModel):
@@ -60,22 +78,65 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="what was wrong with the request")
 
 
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 413, 422, 503)}
+# Answers of the GET routes. extra="allow": a key added to an answer passes through (declare it here too).
+class ModelOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    version: int = Field(description="the served snapshot's version (learner updates); 0 before the first")
+    classes: list[str | int] = Field(description="labels the served model knows, in head order")
+    segments: int
+    ranks: dict[str, int] = Field(description="basis rank per protected space")
+    records_learned: int = Field(description="records the learner has learned (a replica: those in its snapshot)")
+    records_in_model: int = Field(description="records learned into the served snapshot")
+    updates: int | None = Field(None, description="the learner's update count (learner only)")
+    lag: dict[str, int] = Field(description="records waiting per partition")
+    last_checkpoint_time: float | None = Field(description="Unix time of the last checkpoint")
+    paradigm: str | None = Field(None, description="PET paradigm (learner only)")
+    backbone: str | None = Field(None, description="timm backbone (learner only)")
+    offsets: dict[str, int] | None = Field(None, description="next offset per partition (learner only)")
+
+
+class StatusOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    version: int
+    curve: list[list[int | float]] = Field(
+        description="[records learned, windowed, cumulative prequential accuracy] points")
+    boundaries: list[int] = Field(description="records learned at the latest boundaries")
+    segment_accuracy: dict[str, float]
+    ranks: dict[str, int]
+    throughput: float = Field(description="records learned per second, recently")
+    lag: dict[str, int]
+    records_learned: int
+    dead_letters: dict[str, int] = Field(description="dead letters per reason")
+
+
+class BoundaryOut(BaseModel):
+    requested: bool
+
+
+class HealthOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: str = Field(description="'ok', or why not")
+
+
+class ReadyOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: str = Field(description="'ready', or why not")
+    model_version: int | None = Field(None, description="the served snapshot's version (when ready)")
+
+
+DOCS_ASSETS = "/docs-assets"
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 408, 413, 422, 503)}
 
 
 def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon | None = None,
                limits: DecodeLimits | None = None) -> FastAPI:
-    app = FastAPI(title="pegp-stream", version="1", description=__doc__)
+    app = FastAPI(title="pegp-stream", version="1", description=__doc__, docs_url=None, redoc_url=None)
     registry, serving = build_registry(daemon, snapshots)
     limits = limits or DecodeLimits()
     app.state.registry = registry
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
-            return JSONResponse({"detail": f"body larger than {config.max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
+    app.state.http_config = config  # HttpServer takes its connection limits from here
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout_s=config.request_timeout_s)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -106,23 +167,17 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
         with counted():
             if len(files) > config.max_instances:
                 raise HTTPException(413, f"{len(files)} files; max_instances={config.max_instances}")
-            images = []
-            for i, upload in enumerate(files):
-                try:
-                    images.append(decode_image_bytes(upload.file.read(limits.max_record_bytes + 1), limits))
-                except DecodeError as exc:
-                    raise HTTPException(400, f"files[{i}] ({upload.filename}): {exc}") from None
+            budget = PixelBudget(limits, config.max_request_pixels)
+            images = [budget.decode(decode_image_bytes, upload.file.read(limits.max_record_bytes + 1),
+                                    f"files[{i}] ({upload.filename}): ") for i, upload in enumerate(files)]
             return _answer(images, top_k)
 
     def _predict(body: PredictRequest) -> dict:
         if len(body.instances) > config.max_instances:
             raise HTTPException(413, f"{len(body.instances)} instances; max_instances={config.max_instances}")
-        images = []
-        for i, instance in enumerate(body.instances):
-            try:
-                images.append(decode_image_fields(instance.model_dump(exclude_none=True), limits))
-            except DecodeError as exc:
-                raise HTTPException(400, f"instances[{i}].{exc}") from None
+        budget = PixelBudget(limits, config.max_request_pixels)
+        images = [budget.decode(decode_image_fields, instance.model_dump(exclude_none=True), f"instances[{i}].")
+                  for i, instance in enumerate(body.instances)]
         return _answer(images, body.top_k)
 
     def _answer(images: list, top_k: int | None) -> dict:
@@ -144,7 +199,7 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
             answers.append({"label": top[0]["label"], "score": top[0]["score"], "top_k": top})
         return {"model_version": predictor.info.version, "predictions": answers}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", response_model=ModelOut, response_model_exclude_unset=True)
     def model() -> dict:
         predictor = snapshots.current
         info = predictor.info if predictor else None
@@ -163,8 +218,8 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
                         "last_checkpoint_time": daemon.last_checkpoint.get("time")})
         return out
 
-    @app.post("/v1/boundary", status_code=202,
-              responses={code: {"model": ErrorResponse} for code in (401, 403, 404, 413, 422)})
+    @app.post("/v1/boundary", status_code=202, response_model=BoundaryOut,
+              responses={code: {"model": ErrorResponse} for code in (401, 403, 404, 408, 413, 422)})
     def boundary(authorization: str | None = Header(None)) -> dict:
         if daemon is None or config.boundary_token is None:
             raise HTTPException(404, "operator boundaries are not enabled (set http.boundary_token)")
@@ -176,7 +231,7 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
         daemon.request_boundary()
         return {"requested": True}
 
-    @app.get("/v1/status")
+    @app.get("/v1/status", response_model=StatusOut)
     def status() -> dict:
         """What the status page draws: the prequential curve with boundaries, per-segment accuracy, ranks,
         throughput and lag."""
@@ -220,20 +275,23 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
         headers = {"ETag": etag, "X-Checkpoint-Sequence": str(daemon.store.sequence_of(path)),
                    "X-Checkpoint-Sha256": digest}
         return Response(data, media_type="application/octet-stream", headers=headers)
+    serve_docs(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return STATUS_PAGE
 
-    @app.get("/healthz", responses={503: {"description": "the learner loop is silent"}})
+    @app.get("/healthz", response_model=HealthOut,
+             responses={503: {"model": HealthOut, "description": "the learner loop is silent"}})
     def healthz() -> Any:
         if daemon is not None and time.monotonic() - daemon.heartbeat > config.stall_after_s:
             return JSONResponse({"status": "learner loop silent"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "no warmed snapshot yet, or the learner is not ready: "
-                                                        "waiting for its topic, broker silent, checkpoints "
-                                                        "failing, or stalled"}})
+    @app.get("/readyz", response_model=ReadyOut, response_model_exclude_unset=True,
+             responses={503: {"model": ReadyOut,
+                              "description": "no warmed snapshot yet, or the learner is not ready: waiting for its "
+                              "topic, broker silent, checkpoints failing, or stalled"}})
     def readyz() -> Any:
         if snapshots.current is None or not snapshots.current.warmed:
             return JSONResponse({"status": "no warmed snapshot yet"}, status_code=503)
@@ -251,19 +309,40 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
     return app
 
 
+def serve_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs with its script and style from the swagger-ui-bundle-v2 package, not a CDN:
+    clusters are often offline."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
+
+
 class HttpServer:
-    """uvicorn in a background thread; `start` returns once it listens (port 0 picks a free port)."""
+    """uvicorn in a background thread; `start` returns once it listens (port 0 picks a free port). Connection
+    limits come from the app's HttpConfig (`create_app` puts it on `app.state`): requests beyond
+    `max_connections` get 503, a deadline for each request's headers and body parts, idle keep-alive
+    connections closed after `keep_alive_s`, and connections beyond half the process's file descriptor limit
+    dropped at once, so the learner keeps the other half. A port that cannot be bound raises ConfigError."""
 
     def __init__(self, app: FastAPI, host: str, port: int) -> None:
-        import socket
-
         import uvicorn
 
-        self.socket = socket.socket()
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind((host, port))
+        config: HttpConfig = app.state.http_config
+        self.socket = _listening_socket(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        share = _descriptor_limit() // 2  # the HTTP side's file descriptors; the learner keeps the other half
+        backlog = min(2048, share // 2)  # asyncio accepts up to `backlog` sockets before any is dropped
+        self.server = uvicorn.Server(uvicorn.Config(
+            app, log_level="warning", access_log=False, limit_concurrency=config.max_connections, backlog=backlog,
+            timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # uvicorn takes any number
+            http=functools.partial(HeaderDeadline, timeout_s=config.request_timeout_s,  # type: ignore[arg-type]
+                                   max_open=share - backlog),
+        ))
         self.thread = None
 
     @property
@@ -284,3 +363,26 @@ class HttpServer:
         self.server.should_exit = True
         if self.thread is not None:
             self.thread.join(timeout=10)
+
+
+def _descriptor_limit() -> int:
+    """The process's soft limit on open file descriptors."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 2**20 if soft == resource.RLIM_INFINITY else soft
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port; a failure is a ConfigError on `http.port` (in use, not permitted) or
+    `http.host` (no such address), not a traceback."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError("http.port", f"{host}:{port} is in use by another process") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError("http.port", f"{host}:{port} needs privileges to listen on") from None
+        raise ConfigError("http.host", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
