@@ -1,8 +1,10 @@
-"""Core benchmarks of pegp-stream: the projection's cost per step, the basis refresh, and the step bound.
+"""Core benchmarks of pegp-stream: the projection's cost per step, the basis refresh, the step bound and the
+head's cost per step.
 
     python -m benchmarks.bench_core projection-cost [--quick] [--out DIR]
     python -m benchmarks.bench_core basis-refresh   [--quick] [--out DIR]
     python -m benchmarks.bench_core step-bound      [--quick] [--out DIR]
+    python -m benchmarks.bench_core head-cost       [--quick] [--out DIR]
 
 Each subcommand prints a table, writes `<name>.csv` (and a PNG) to `--out`; `--quick` runs a tiny model
 (depth 2, width 64, 32 px) in seconds, for smoke tests. projection-cost and step-bound also take
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import basis_refresh, projection_cost, step_bound
+from . import basis_refresh, head_cost, projection_cost, step_bound
 from .common import DEFAULT_MODEL, PARADIGMS, load_average, parse_device
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -28,6 +30,7 @@ SUBCOMMANDS = {
     "projection-cost": (projection_cost, "learn throughput with projection on vs off, per paradigm"),
     "basis-refresh": (basis_refresh, "randomized vs exact eigensolvers vs full SVD for basis growth"),
     "step-bound": (step_bound, "learn throughput over the frozen backbone's forward + input-gradient floor"),
+    "head-cost": (head_cost, "the classifier head's share of a learn step, per head kind (ncm, slda, ridge)"),
 }
 
 

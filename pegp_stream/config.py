@@ -165,9 +165,11 @@ class OptimizerConfig(Frozen):
 class HeadConfig(Frozen):
     """Class-incremental classifier over the pooled feature (docs/method.md section 5)."""
 
-    kind: Literal["linear", "ncm"] = Field(
+    kind: Literal["linear", "ncm", "slda", "ridge"] = Field(
         "ncm", description="nearest-class-mean (the default, chosen by benchmarks/RESULTS.md: on class-incremental "
-        "streams every linear variant lost old classes or could not learn new ones) or linear",
+        "streams every linear variant lost old classes or could not learn new ones), linear, slda (streaming LDA: "
+        "class means and one shared covariance) or ridge (RanPAC-style ridge regression on the Gram matrix, "
+        "lambda by generalised cross-validation); slda and ridge are exact in one pass and order-free",
     )
     max_classes: Positive = Field(1024, description="label capacity; a label beyond it is rejected")
     train_mask: Literal["none", "segment"] = Field(
@@ -176,6 +178,11 @@ class HeadConfig(Frozen):
     )
     lr_scale: float = Field(1.0, gt=0.0, description="head learning rate = optimizer.lr * lr_scale")
     ncm_temperature: float = Field(0.1, gt=0.0, description="ncm: softmax temperature on cosine similarity")
+    slda_shrinkage: float = Field(1e-4, gt=0.0, lt=1.0, description="slda: covariance shrinkage s, the precision is "
+                                  "((1 - s) Sigma + s I)^-1 (avalanche-lib's form and default)")
+    ridge_random_features: int = Field(0, ge=0, description="ridge: width M of the fixed random projection "
+                                       "ReLU(x P) before the ridge head (RanPAC); 0 = none, the head reads the "
+                                       "pooled feature. The Gram matrix is M x M float64")
 
 
 class LearnerConfig(Frozen):

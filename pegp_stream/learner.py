@@ -21,7 +21,7 @@ from timm.data import resolve_data_config
 from .backbone import build_backbone
 from .config import LearnerConfig, to_config
 from .errors import CheckpointError, LabelCapacityError
-from .head import LinearHead, NearestClassMeanHead
+from .head import LinearHead, build_head
 from .pet import attach
 from .pet.base import FeatureTaps, SpaceSpec
 from .projection import ProtectedSpace
@@ -80,11 +80,8 @@ class Learner:
             torch.manual_seed(config.seed)
             self.backbone = build_backbone(config.backbone)
             self.attachment = attach(self.backbone, config.pet, self.taps, config.projection)
-        dim, capacity = self.backbone.num_features, config.head.max_classes
-        if config.head.kind == "ncm":
-            self.head = NearestClassMeanHead(capacity, dim, config.head.ncm_temperature)
-        else:
-            self.head = LinearHead(capacity, dim, dtype=MASTER_DTYPE)
+        dim = self.backbone.num_features
+        self.head = build_head(config.head, dim, seed=config.seed, linear_dtype=MASTER_DTYPE)
         self.input_size = (self.backbone.patch_embed.proj.in_channels, *self.backbone.patch_embed.img_size)
         _choose_attention(self.backbone, config.backbone.attention, self.device, self.autocast_dtype)
         self.backbone.to(self.device)
@@ -149,7 +146,7 @@ class Learner:
         return _Step(labels, per_sample, per_sample.mean(), dict(features))
 
     def _update(self, loss: torch.Tensor) -> None:
-        if not loss.requires_grad:  # nothing trained by gradient (no PET tensors, nearest-class-mean head)
+        if not loss.requires_grad:  # nothing trained by gradient (no PET tensors, a head without parameters)
             self.updates += 1
             return
         self.optimizer.zero_grad(set_to_none=True)

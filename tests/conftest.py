@@ -31,6 +31,15 @@ def trained_paradigms() -> list[str]:
     return [kind for kind in paradigms() if kind != "none"]
 
 
+def head_kinds() -> list[str]:
+    """Every `head.kind` the config accepts (the conformance checks run on each)."""
+    import typing
+
+    from pegp_stream.config import HeadConfig
+
+    return list(typing.get_args(HeadConfig.model_fields["kind"].annotation))
+
+
 def tiny_config(kind: str, **overrides: object) -> dict:
     config = {"backbone": dict(TINY_BACKBONE), "pet": dict(TINY_PET[kind]), "precision": "fp32", "seed": 0,
               "head": {"kind": "linear"}}  # the linear head has the protected space these tests look at

@@ -19,6 +19,7 @@ from benchmarks import bench_core
 from benchmarks.basis_refresh import COLUMNS as BASIS_COLUMNS
 from benchmarks.basis_refresh import SWEEP, SWEEP_COLUMNS
 from benchmarks.common import PARADIGMS, interleaved
+from benchmarks.head_cost import COLUMNS as HEAD_COLUMNS
 from benchmarks.projection_cost import BREAKDOWN_COLUMNS
 from benchmarks.projection_cost import COLUMNS as PROJECTION_COLUMNS
 from benchmarks.step_bound import COLUMNS as STEP_COLUMNS
@@ -112,6 +113,16 @@ def test_step_bound_modes_option(tmp_path: Path) -> None:
     assert torch.get_num_threads() == threads  # global torch state restored after the run
     _, rows = _read(tmp_path / "step_bound.csv")
     assert [(r["mode"], r["variant"]) for r in rows] == [("fp32/eager", "floor"), ("fp32/eager", "prompt")]
+
+
+def test_head_cost_quick(tmp_path: Path) -> None:
+    _run("head-cost", tmp_path, "--paradigms", "adapter", "--heads", "ncm,slda,ridge,ridge-16")
+    columns, rows = _read(tmp_path / "head_cost.csv")
+    assert columns == HEAD_COLUMNS
+    assert [(r["paradigm"], r["head"]) for r in rows] == [("adapter", h) for h in ("ncm", "slda", "ridge", "ridge-16")]
+    assert all(r["rejected_rows"] == "0" and float(r["head_share"]) > 0.0 for r in rows)
+    with pytest.raises(SystemExit):
+        bench_core.main(["head-cost", "--quick", "--out", str(tmp_path), "--heads", "linear"])
 
 
 def test_unknown_paradigm_is_rejected(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import io
 
 import pytest
 import torch
-from conftest import digits_segment, tiny_config, trained_paradigms
+from conftest import digits_segment, head_kinds, tiny_config, trained_paradigms
 
 from pegp_stream import create_learner
 from pegp_stream.backbone import build_backbone
@@ -62,6 +62,25 @@ def test_state_round_trip_continues_bitwise(kind, optimizer):
     saved = through_bytes(uninterrupted.state_dict())
     resumed = create_learner(config)
     resumed.load_state_dict(saved)
+    for learner in (uninterrupted, resumed):
+        for step in later:
+            learner.consolidate() if step is None else learner.learn_many(*step)
+    assert_state_equal(uninterrupted.state_dict(), resumed.state_dict())
+
+
+@pytest.mark.parametrize("head", head_kinds())
+def test_every_head_round_trips_and_predicts_without_changing_state(head):
+    config = tiny_config("adapter", head={"kind": head}, optimizer={"lr": 1e-3})
+    later = batches(2, (2, 3), offset=16) + [None] + batches(2, (4, 5))
+    uninterrupted = create_learner(config)
+    run(uninterrupted, batches(2, (0, 1)) + batches(2, (2, 3)))
+    before = uninterrupted.state_dict()
+    images, _ = digits_segment((4, 5), 8)
+    predicted = uninterrupted.predict_many(images)  # heads that solve lazily keep the solve out of the state
+    assert_state_equal(before, uninterrupted.state_dict())
+    resumed = create_learner(config)
+    resumed.load_state_dict(through_bytes(before))
+    assert torch.equal(resumed.predict_many(images).probs, predicted.probs)
     for learner in (uninterrupted, resumed):
         for step in later:
             learner.consolidate() if step is None else learner.learn_many(*step)
