@@ -99,7 +99,8 @@ def serve(follow: str, config_path: str | None, overrides: tuple[str, ...], poll
 @click.option("--port", default=9092, show_default=True, help="port on 127.0.0.1")
 @click.option("--host", default="127.0.0.1", show_default=True)
 def broker(port: int, host: str) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu, memory storage) until stopped."""
+    """Run the embedded Kafka-compatible broker (Tansu, memory storage) until stopped. SIGTERM or SIGINT stop
+    it and exit 0; if the broker exits by itself, its exit status is returned."""
     import signal
 
     from .stream.broker import EmbeddedBroker
@@ -109,11 +110,9 @@ def broker(port: int, host: str) -> None:
     except PegpError as exc:
         _fail(exc)
     click.echo(f"broker listening on {embedded.bootstrap_servers}")
-    signal.signal(signal.SIGTERM, lambda *_: embedded.stop())
-    try:
-        sys.exit(embedded.process.wait())
-    except KeyboardInterrupt:
-        embedded.stop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: embedded.request_stop())
+    sys.exit(embedded.wait())  # 0 after SIGTERM/SIGINT; the broker's own status if it exits by itself
 
 
 @main.command()
