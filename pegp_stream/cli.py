@@ -105,13 +105,14 @@ def broker(port: int, host: str) -> None:
 
     from .stream.broker import EmbeddedBroker
 
+    embedded = EmbeddedBroker(port=port, host=host)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the start: a broker in its own session must not outlive us
+        signal.signal(sig, lambda *_: embedded.request_stop())
     try:
-        embedded = EmbeddedBroker(port=port, host=host).start()
+        embedded.start()
     except PegpError as exc:
         _fail(exc)
     click.echo(f"broker listening on {embedded.bootstrap_servers}")
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: embedded.request_stop())
     sys.exit(embedded.wait())  # 0 after SIGTERM/SIGINT; the broker's own status if it exits by itself
 
 

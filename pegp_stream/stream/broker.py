@@ -85,8 +85,12 @@ class EmbeddedBroker:
                 code = self.process.wait(timeout=0.2)
                 return 0 if self._stop_requested_at is not None else code
             except subprocess.TimeoutExpired:
-                if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > grace:
+                if self._stop_requested_at is None:
+                    continue
+                if time.monotonic() - self._stop_requested_at > grace:
                     self.process.kill()
+                else:  # again: a stop requested while `start()` ran found no process to signal
+                    self.process.terminate()
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.process is None or self.process.poll() is not None:
