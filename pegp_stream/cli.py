@@ -53,18 +53,20 @@ def run(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...])
 
 
 def _run_daemon(config) -> int:
+    """Build and run the daemon; any PegpError on the way (a bad setting found at start, a checkpoint that does
+    not fit the config, the HTTP port in use) is one line on stderr and exit status 2, never a traceback."""
     import signal
 
     from .daemon import Daemon
 
     try:
         daemon = Daemon(config)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: daemon.request_stop())
+        log.info("learner daemon on topic %s at %s", config.kafka.topic, config.kafka.bootstrap_servers)
+        return daemon.run()
     except PegpError as exc:
         _fail(exc)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: daemon.request_stop())
-    log.info("learner daemon on topic %s at %s", config.kafka.topic, config.kafka.bootstrap_servers)
-    return daemon.run()
 
 
 @main.command()
@@ -85,9 +87,12 @@ def serve(follow: str, config_path: str | None, overrides: tuple[str, ...], poll
         config = load(DaemonConfig, config_path, os.environ, overrides)
     except PegpError as exc:
         _fail(exc)
-    follower = CheckpointFollower(follow, poll_s=poll)
-    server = HttpServer(create_app(config.http, follower.snapshots, limits=config.decode), config.http.host,
-                        config.http.port).start()
+    try:
+        follower = CheckpointFollower(follow, poll_s=poll)
+        server = HttpServer(create_app(config.http, follower.snapshots, limits=config.decode), config.http.host,
+                            config.http.port).start()
+    except PegpError as exc:  # e.g. the HTTP port in use
+        _fail(exc)
     log.info("serving replica on %s, following %s", server.url, follow)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: follower.stop())

@@ -175,13 +175,40 @@ class LearnerConfig(Frozen):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast for backbone and PET compute where native; state stays fp32/fp64"
     )
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N, mps or auto (checked against this "
+                        "machine: a device it does not have is a config error)")
     seed: int = 0
 
     @field_validator("pet", mode="before")
     @classmethod
     def _pet_by_kind(cls, value: Any) -> Any:
         return section_by_kind(value, PET_CONFIGS, default="prompt", what="PET kind")
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, name: str) -> str:
+        if name != "auto":
+            _check_device(name)
+        return name
+
+
+def _check_device(name: str) -> None:
+    """Raise ValueError unless `name` is a torch device of a supported type that this machine has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name!r} is not a supported torch device; use cpu, cuda, cuda:N, mps or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name!r}: CUDA is not available on this machine (torch.cuda.is_available() is False); "
+                         "use cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name!r}: MPS is not available on this machine; use cpu or auto")
 
 
 def _field_path(error: Mapping[str, Any]) -> str:
