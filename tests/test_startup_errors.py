@@ -106,3 +106,59 @@ def test_pretrained_weights_without_the_hub_fail_fast_saying_how_to_supply_them(
     code, err = run_cli("run", "--config", config, "--set", "learner.backbone.pretrained=true", env=env)
     assert_one_line_error(code, err, "backbone.pretrained", "checkpoint_path", "HF_HUB_OFFLINE=1")
     assert "Retrying" not in err
+
+
+# Kubernetes injects these for a Service named pegp-serving (enableServiceLinks, on by default).
+SERVICE_LINKS = {"PEGP_SERVING_SERVICE_HOST": "10.96.0.12", "PEGP_SERVING_SERVICE_PORT": "8080",
+                 "PEGP_SERVING_PORT": "tcp://10.96.0.12:8080", "PEGP_SERVING_PORT_8080_TCP_PROTO": "tcp"}
+
+
+@pytest.fixture(scope="module")
+def broker():
+    from pegp_stream.stream.broker import EmbeddedBroker
+
+    with EmbeddedBroker(port=free_port()) as embedded:
+        yield embedded
+
+
+def test_run_ignores_service_link_variables_with_one_warning(tmp_path, broker):
+    from daemon_support import daemon_config, latest_state, produce_digits
+
+    produce_digits(broker.bootstrap_servers, "links", limit_per_class=2)
+    path = tmp_path / "daemon.yaml"
+    path.write_text(yaml.safe_dump(daemon_config(tmp_path, broker.bootstrap_servers, "links")))
+    code, err = run_cli("run", "--config", str(path), env=SERVICE_LINKS)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if "ignoring environment variables" in line]
+    assert len(warnings) == 1 and all(name in warnings[0] for name in SERVICE_LINKS), err
+    assert latest_state(tmp_path / "checkpoints")["stats"]["learned"] == 20
+
+
+def test_serve_ignores_service_link_variables(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    process = cli("serve", "--follow", str(tmp_path / "checkpoints"), "--set", "http.port=0", env=SERVICE_LINKS,
+                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        lines = []
+        while not any("serving replica on" in line for line in lines):
+            line = process.stderr.readline()
+            assert line, "".join(lines)  # the process ended before serving
+            lines.append(line)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_pegp_variable_naming_a_real_section_stays_strict():
+    from pegp_stream.config import ConfigError, DaemonConfig, load
+
+    with pytest.raises(ConfigError) as caught:
+        load(DaemonConfig, environ={**SERVICE_LINKS, "PEGP_LEARNER__PET__RANKK": "3"})
+    assert caught.value.field == "learner.pet.rankk" and "Extra inputs" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load(DaemonConfig, overrides=["serving_service_host=10.0.0.1"])  # --set keys stay strict
+    assert caught.value.field == "serving_service_host"
+    assert load(DaemonConfig, environ={**SERVICE_LINKS, "PEGP_HTTP__PORT": "9000"}).http.port == 9000
