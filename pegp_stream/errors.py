@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PegpError(Exception):
     """Root of every error pegp-stream raises on purpose."""
@@ -22,3 +24,15 @@ class CheckpointError(PegpError):
 
 class LabelCapacityError(PegpError):
     """A new label arrived but the classifier head is already at its configured capacity."""
+
+
+class StateMismatchError(PegpError):
+    """A learned state was made under a config whose layout differs from this learner's (another backbone, its
+    weights, PET or head), so loading it would change predictions silently. Raised before anything is loaded.
+    `differences` maps each differing config field (dotted, from `learner.`) to (checkpoint's, config's) value."""
+
+    def __init__(self, differences: dict[str, tuple[Any, Any]]) -> None:
+        self.differences = differences
+        found = "; ".join(f"{field}: checkpoint has {old!r}, config has {new!r}"
+                          for field, (old, new) in differences.items())
+        super().__init__(f"{found} (use the config the state was made with, or start without it)")

@@ -9,6 +9,8 @@ linear in the gradient), accumulate features.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +22,14 @@ from timm.data import resolve_data_config
 
 from .backbone import build_backbone
 from .config import LearnerConfig, to_config
-from .errors import CheckpointError, LabelCapacityError
+from .errors import CheckpointError, LabelCapacityError, StateMismatchError
 from .head import LinearHead, NearestClassMeanHead
 from .pet import attach
 from .pet.base import FeatureTaps, SpaceSpec
 from .projection import ProtectedSpace
 from .update import build_optimizer, build_update_projection
 
+log = logging.getLogger(__name__)
 Label = int | str
 STATE_FORMAT = 1
 # Trained tensors (PET and head) are kept in float64 and cast to the compute dtype in the forward. With
@@ -79,6 +82,7 @@ class Learner:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.backbone = build_backbone(config.backbone)
+            self.backbone_digest = weights_digest(self.backbone)  # before PET attaches (it may wrap modules)
             self.attachment = attach(self.backbone, config.pet, self.taps, config.projection)
         dim, capacity = self.backbone.num_features, config.head.max_classes
         if config.head.kind == "ncm":
@@ -220,6 +224,7 @@ class Learner:
         return {
             "format": STATE_FORMAT,
             "config": self.config.model_dump(mode="json"),
+            "layout": self.layout,
             "pet": {name: p.detach().clone() for name, p in self.pet_parameters.items()},
             "head": {k: v.detach().clone() for k, v in self.head.state_dict().items()},
             "classes": list(self.classes),
@@ -231,10 +236,39 @@ class Learner:
                          "consolidations": self.consolidations},
         }
 
+    @property
+    def layout(self) -> dict[str, Any]:
+        """What a learned state is only valid with, as dotted config field -> value (JSON types): the backbone's
+        name, timm options and weights (a digest), PET kind and options, head kind and capacity, which spaces are
+        protected, the optimizer, and the seed where it made the backbone (random init). Learning-rate-like
+        settings may change between runs and are not part of it."""
+        return {**config_layout(self.config.model_dump(mode="json")), BACKBONE_DIGEST: self.backbone_digest}
+
+    def check_layout(self, state: Mapping[str, Any]) -> None:
+        """Raise StateMismatchError naming every layout field in which `state` differs from this learner. A
+        state without a layout record (older versions) is checked on the config it carries, without weights."""
+        recorded = state.get("layout")
+        if recorded is None and isinstance(state.get("config"), Mapping):
+            log.warning("learner state has no record of its backbone weights (an older version): not verified")
+            recorded = {**config_layout(state["config"]), BACKBONE_DIGEST: self.backbone_digest}
+        if recorded is None:
+            log.warning("learner state records no config: its layout is not verified")
+            return
+        mine = self.layout
+        differences = {key: (recorded.get(key, UNSET), mine.get(key, UNSET)) for key in {**recorded, **mine}
+                       if recorded.get(key, UNSET) != mine.get(key, UNSET)}
+        if "learner.pet.kind" in differences:  # another paradigm: its options differ as a matter of course
+            differences = {k: v for k, v in differences.items() if not k.startswith("learner.pet.")
+                           or k == "learner.pet.kind"}
+        if differences:
+            raise StateMismatchError(dict(sorted(differences.items())))
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a `state_dict` taken from a learner built with a compatible config."""
+        """Restore a `state_dict` taken from a learner whose `layout` is the same; a state of another layout
+        raises StateMismatchError before anything changes."""
         if state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"unsupported learner state format {state.get('format')!r}")
+        self.check_layout(state)
         try:
             with torch.no_grad():
                 _load_tensors(self.pet_parameters, state["pet"], "pet")
@@ -353,6 +387,36 @@ def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | No
     else:
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return torch.bfloat16 if native else None
+
+
+BACKBONE_DIGEST = "learner.backbone weights (sha256 prefix)"
+UNSET = "<unset>"
+_LAYOUT_FIELDS = ("head.kind", "head.max_classes", "projection.enabled", "projection.protect_head",
+                  "projection.prefix_per_head", "optimizer.name")
+_BACKBONE_SOURCES = ("pretrained", "checkpoint_path", "attention")  # the digest covers the weights they give
+
+
+def config_layout(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The layout fields (see `Learner.layout`) of a learner config dumped as JSON, the digest aside."""
+    backbone = config["backbone"]
+    layout = {f"learner.backbone.{k}": v for k, v in backbone.items() if k not in _BACKBONE_SOURCES}
+    layout.update({f"learner.pet.{k}": v for k, v in config["pet"].items()})
+    for path in _LAYOUT_FIELDS:
+        section, name = path.split(".")
+        layout[f"learner.{path}"] = config[section][name]
+    if not backbone.get("pretrained") and not backbone.get("checkpoint_path"):
+        layout["learner.seed"] = config["seed"]  # the seed drew the backbone's weights
+    return layout
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of `model`'s state dict (name, dtype, shape and bytes, in name order); the
+    first 16 hex digits (64 bits: plenty to tell weights apart, short enough for a message)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
 
 
 def _clone(value: Any) -> Any:

@@ -162,3 +162,18 @@ def test_a_pegp_variable_naming_a_real_section_stays_strict():
         load(DaemonConfig, overrides=["serving_service_host=10.0.0.1"])  # --set keys stay strict
     assert caught.value.field == "serving_service_host"
     assert load(DaemonConfig, environ={**SERVICE_LINKS, "PEGP_HTTP__PORT": "9000"}).http.port == 9000
+
+
+def test_a_checkpoint_of_another_pet_rank_is_a_one_line_error_naming_the_field(tmp_path, broker):
+    from daemon_support import daemon_config, latest_state, produce_digits
+
+    produce_digits(broker.bootstrap_servers, "rank", limit_per_class=2)
+    path = tmp_path / "daemon.yaml"
+    path.write_text(yaml.safe_dump(daemon_config(tmp_path, broker.bootstrap_servers, "rank")))
+    code, err = run_cli("run", "--config", str(path))
+    assert code == 0, err
+    assert latest_state(tmp_path / "checkpoints")["learner"]["layout"]["learner.pet.rank"] == 8
+    code, err = run_cli("run", "--config", str(path), "--set", "learner.pet.rank=4")
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "learner.pet.rank: checkpoint has 8, config has 4" in last, err
