@@ -27,6 +27,7 @@ from .head import LinearHead, NearestClassMeanHead
 from .pet import attach
 from .pet.base import FeatureTaps, SpaceSpec
 from .projection import ProtectedSpace
+from .stream.decode import canonical_label
 from .update import build_optimizer, build_update_projection
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,12 @@ class Learner:
     # the step
 
     def learn_many(self, images: torch.Tensor, labels: Sequence[Label]) -> LearnResult:
-        """Predict each row with the current model, then take one projected step on the batch."""
+        """Predict each row with the current model, then take one projected step on the batch. Labels are
+        taken in canonical form (`stream.decode.canonical_label`): 7 and "7" are one class, reported as 7."""
         images = self._check_images(images)
         if len(labels) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
+        labels = [canonical_label(label) for label in labels]  # 7 and "7" are one class
         rejected = {i: "non-finite pixel values" for i in _nonfinite_rows(images)}
         rows = [i for i in range(images.shape[0]) if i not in rejected]
         predictions: list[Label | None] = [None] * images.shape[0]
@@ -281,7 +284,7 @@ class Learner:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"learner state does not fit this learner: {exc}") from None
-        self.classes = list(state["classes"])
+        self.classes = _canonical_classes(state["classes"])
         self._class_index = {label: i for i, label in enumerate(self.classes)}
         self.segment_classes = set(state["segment_classes"])
         self.generator.set_state(state["generator"])
@@ -417,6 +420,16 @@ def weights_digest(model: torch.nn.Module) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()[:16]
+
+
+def _canonical_classes(classes: Sequence[Label]) -> list[Label]:
+    """A state's labels in canonical form (states before that rule may hold "7" for 7), unless that would
+    merge two of its classes: then as they are, with a warning."""
+    canonical = [canonical_label(label) for label in classes]
+    if len(set(canonical)) == len(canonical):
+        return canonical
+    log.warning("learner state holds labels that differ only in form (e.g. 7 and '7'); kept as they are")
+    return list(classes)
 
 
 def _clone(value: Any) -> Any:
