@@ -26,13 +26,12 @@ class LabelCapacityError(PegpError):
     """A new label arrived but the classifier head is already at its configured capacity."""
 
 
-class StateMismatchError(PegpError):
-    """A learned state was made under a config whose layout differs from this learner's (another backbone, its
-    weights, PET or head), so loading it would change predictions silently. Raised before anything is loaded.
-    `differences` maps each differing config field (dotted, from `learner.`) to (checkpoint's, config's) value."""
+class StateMismatchError(CheckpointError):
+    """A saved state was made under another configuration (backbone, its weights, PET layout, head), so loading
+    it would change predictions silently; raised before anything is loaded. The message names each differing
+    field ("learner.pet.rank: checkpoint has 8, config has 4"); `differences` maps each to (checkpoint's value,
+    config's value) where the learner found them (empty when re-raised with more context, e.g. the file)."""
 
-    def __init__(self, differences: dict[str, tuple[Any, Any]]) -> None:
-        self.differences = differences
-        found = "; ".join(f"{field}: checkpoint has {old!r}, config has {new!r}"
-                          for field, (old, new) in differences.items())
-        super().__init__(f"{found} (use the config the state was made with, or start without it)")
+    def __init__(self, message: str, differences: dict[str, tuple[Any, Any]] | None = None) -> None:
+        self.differences = dict(differences or {})
+        super().__init__(message)

@@ -242,9 +242,9 @@ class Learner:
     @property
     def layout(self) -> dict[str, Any]:
         """What a learned state is only valid with, as dotted config field -> value (JSON types): the backbone's
-        name, timm options and weights (a digest), PET kind and options, head kind and capacity, which spaces are
-        protected, the optimizer, and the seed where it made the backbone (random init). Learning-rate-like
-        settings may change between runs and are not part of it."""
+        name, timm options and weights (a digest), PET kind and options, the head's kind and size, which spaces
+        are protected, the optimizer, and the seed (it drew a random backbone and seeds each consolidation, so a
+        resumed run continues bitwise only with it). Learning rates, eps and the like may change between runs."""
         return {**config_layout(self.config.model_dump(mode="json")), BACKBONE_DIGEST: self.backbone_digest}
 
     def check_layout(self, state: Mapping[str, Any]) -> None:
@@ -264,7 +264,10 @@ class Learner:
             differences = {k: v for k, v in differences.items() if not k.startswith("learner.pet.")
                            or k == "learner.pet.kind"}
         if differences:
-            raise StateMismatchError(dict(sorted(differences.items())))
+            found = "; ".join(f"{field}: checkpoint has {old!r}, config has {new!r}"
+                              for field, (old, new) in sorted(differences.items()))
+            raise StateMismatchError(f"{found} (use the config the state was made with, or start without it)",
+                                     dict(sorted(differences.items())))
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a `state_dict` taken from a learner whose `layout` is the same; a state of another layout
@@ -394,21 +397,23 @@ def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | No
 
 BACKBONE_DIGEST = "learner.backbone weights (sha256 prefix)"
 UNSET = "<unset>"
-_LAYOUT_FIELDS = ("head.kind", "head.max_classes", "projection.enabled", "projection.protect_head",
-                  "projection.prefix_per_head", "optimizer.name")
-_BACKBONE_SOURCES = ("pretrained", "checkpoint_path", "attention")  # the digest covers the weights they give
+_LAYOUT_SECTIONS = ("backbone", "pet", "head")
+_NOT_LAYOUT = {  # settings that may change between runs; the digest covers the weights the backbone sources give
+    "backbone": {"pretrained", "checkpoint_path", "attention"},
+    "head": {"lr_scale", "ncm_temperature", "train_mask"},
+}
+_LAYOUT_FIELDS = ("projection.enabled", "projection.protect_head", "projection.prefix_per_head", "optimizer.name")
 
 
 def config_layout(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The layout fields (see `Learner.layout`) of a learner config dumped as JSON, the digest aside."""
-    backbone = config["backbone"]
-    layout = {f"learner.backbone.{k}": v for k, v in backbone.items() if k not in _BACKBONE_SOURCES}
-    layout.update({f"learner.pet.{k}": v for k, v in config["pet"].items()})
+    """The layout fields (see `Learner.layout`) of a learner config dumped as JSON, the digest aside. A field
+    not listed as free to change in `_NOT_LAYOUT` counts (a new option is checked until known to be safe)."""
+    layout = {f"learner.{section}.{k}": v for section in _LAYOUT_SECTIONS for k, v in config[section].items()
+              if k not in _NOT_LAYOUT.get(section, ())}
     for path in _LAYOUT_FIELDS:
         section, name = path.split(".")
         layout[f"learner.{path}"] = config[section][name]
-    if not backbone.get("pretrained") and not backbone.get("checkpoint_path"):
-        layout["learner.seed"] = config["seed"]  # the seed drew the backbone's weights
+    layout["learner.seed"] = config["seed"]  # it draws a random backbone, and seeds every later consolidation
     return layout
 
 

@@ -39,7 +39,7 @@ def assert_unchanged(before: dict, learner) -> None:
 
 @pytest.mark.parametrize(("change", "field", "old", "new"), [
     ({"pet": {"rank": 4}}, "learner.pet.rank", 8, 4),
-    ({"seed": 1}, "learner.seed", 0, 1),  # a random backbone: the seed drew its weights
+    ({"seed": 1}, "learner.seed", 0, 1),  # it drew the random backbone (whose digest differs too)
     ({"head": {"kind": "ncm"}}, "learner.head.kind", "linear", "ncm"),
     ({"backbone": {"depth": 3}}, "learner.backbone.depth", 2, 3),
     ({"optimizer": {"name": "adam"}}, "learner.optimizer.name", "sgd", "adam"),
@@ -62,13 +62,13 @@ def test_another_paradigm_is_named_by_its_kind_alone():
 
 
 def test_other_backbone_weights_are_refused_even_under_the_same_config_keys(tmp_path):
-    """Two weight files of the same architecture at the same path: the digest tells them apart (the seed is
-    not part of the layout with loaded weights)."""
+    """Two weight files of the same architecture at the same path, the same config: the digest tells them
+    apart."""
     path = tmp_path / "vit.safetensors"
     for seed in (1, 2):
         torch.manual_seed(seed)
         save_backbone(build_backbone(BackboneConfig(**TINY_BACKBONE)), path)
-        config = tiny_config("adapter", backbone={"checkpoint_path": str(path)}, seed=seed)
+        config = tiny_config("adapter", backbone={"checkpoint_path": str(path)})
         if seed == 1:
             state = trained_state(config)
     learner = create_learner(config)
