@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import timm
@@ -19,6 +21,8 @@ def build_backbone(config: BackboneConfig) -> VisionTransformer:
     (`timm.models.vision_transformer.VisionTransformer`) is supported, since PET attaches to its blocks.
     """
     _check_geometry(config)
+    if config.pretrained:
+        _check_hub_reachable(config.name)
     try:
         model = timm.create_model(
             config.name, pretrained=config.pretrained, num_classes=0, **config.timm_kwargs
@@ -27,6 +31,11 @@ def build_backbone(config: BackboneConfig) -> VisionTransformer:
         raise ConfigError("backbone.name", str(exc)) from None
     except TypeError as exc:  # an unknown keyword reaches the model's __init__
         raise ConfigError("backbone", f"timm.create_model rejected the options: {exc}") from None
+    except Exception as exc:  # the hub's errors when weights cannot be fetched (HF_HUB_OFFLINE, 404, network)
+        if not config.pretrained:
+            raise
+        raise ConfigError("backbone.pretrained", f"cannot get the weights of {config.name!r} "
+                          f"({type(exc).__name__}: {_first_line(exc)}); {OFFLINE_HINT}") from None
     if not isinstance(model, VisionTransformer):
         raise ConfigError(
             "backbone.name", f"{config.name!r} is a {type(model).__name__}; a timm VisionTransformer is needed"
@@ -34,6 +43,51 @@ def build_backbone(config: BackboneConfig) -> VisionTransformer:
     if config.checkpoint_path:
         load_backbone_weights(model, config.checkpoint_path)
     return freeze(model)
+
+
+OFFLINE_HINT = (
+    "without network, set backbone.pretrained=false and backbone.checkpoint_path to a local safetensors or torch "
+    "file of the timm model (downloaded where the hub is reachable, or written by `pegp-stream pretrain`), or fill "
+    "the Hugging Face cache (HF_HOME) where the hub is reachable and set HF_HUB_OFFLINE=1"
+)
+HUB_PROBE_TIMEOUT_S = 5.0
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail fast when `name`'s weights must come from the Hugging Face Hub, are not in its local cache, and
+    the hub does not answer one request: the hub client would otherwise retry every file for about a minute
+    before failing. Proxy settings in the environment apply (urllib reads them, as the hub client does)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or _hub_weights_cached(name) is not False:
+        return
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"),
+                               timeout=HUB_PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # the hub answered (any status): reachable
+    except OSError as exc:  # URLError, timeouts, refused connections, unknown hosts
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError("backbone.pretrained", f"the weights of {name!r} are not in the local Hugging Face cache "
+                          f"and the hub at {constants.ENDPOINT} is unreachable ({reason}); {OFFLINE_HINT}") from None
+
+
+def _hub_weights_cached(name: str) -> bool | None:
+    """Whether timm would load `name`'s weights from the Hugging Face cache; None when they do not come from
+    the hub (unknown name, or another source)."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id or cfg.file or cfg.state_dict:
+        return None
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    return any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, f), str) for f in files)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def freeze(model: torch.nn.Module) -> torch.nn.Module:

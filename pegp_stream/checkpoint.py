@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{12})\.safetensors$")
@@ -38,10 +38,16 @@ class Checkpoint:
 class CheckpointStore:
     """Numbered checkpoints in `directory`; keeps the newest `keep`."""
 
-    def __init__(self, directory: str | Path, keep: int = 3) -> None:
+    def __init__(self, directory: str | Path, keep: int = 3, setting: str = "checkpoint.dir") -> None:
+        """Create `directory` if needed; a path that cannot be a directory (a file on the way, no permission)
+        raises ConfigError naming `setting`, the config key or option the directory came from."""
         self.directory = Path(directory)
         self.keep = keep
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # FileExistsError, NotADirectoryError, PermissionError, read-only file system
+            reason = f"cannot create directory {str(self.directory)!r}: {exc.strerror or exc}"
+            raise ConfigError(setting, reason) from None
         for stale in self.directory.glob("*.partial"):  # a write interrupted by a crash or a full disk
             log.warning("removing %s, left by an interrupted checkpoint write", stale)
             stale.unlink(missing_ok=True)

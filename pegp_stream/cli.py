@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import ConfigError, PegpError
+from .errors import PegpError
 
 log = logging.getLogger("pegp_stream")
 DATA_DIR_HELP = ("folder with local data files (default: $PEGPSTREAM_DATA, else ../shared/data); data sets found "
@@ -55,20 +55,19 @@ def run(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...])
 
 
 def _run_daemon(config) -> int:
+    """Build and run the daemon; any PegpError on the way (a bad setting found at start, a checkpoint that does
+    not fit the config, the HTTP port in use) is one line on stderr and exit status 2, never a traceback."""
     import signal
 
     from .daemon import Daemon
 
     try:
         daemon = Daemon(config)
-    except PegpError as exc:
-        _fail(exc)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: daemon.request_stop())
-    log.info("learner daemon on topic %s at %s", config.kafka.topic, config.kafka.bootstrap_servers)
-    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: daemon.request_stop())
+        log.info("learner daemon on topic %s at %s", config.kafka.topic, config.kafka.bootstrap_servers)
         return daemon.run()
-    except ConfigError as exc:  # found at start, before anything is learned: the HTTP port in use
+    except PegpError as exc:
         _fail(exc)
 
 
@@ -98,11 +97,11 @@ def serve(follow: str, config_path: str | None, overrides: tuple[str, ...], poll
         config = load(DaemonConfig, config_path, os.environ, overrides)
     except PegpError as exc:
         _fail(exc)
-    follower = CheckpointFollower(follow, poll_s=poll)
     try:
+        follower = CheckpointFollower(follow, poll_s=poll)
         server = HttpServer(create_app(config.http, follower.snapshots, limits=config.decode), config.http.host,
                             config.http.port).start()
-    except PegpError as exc:  # the port in use
+    except PegpError as exc:  # e.g. the HTTP port in use
         _fail(exc)
     log.info("serving replica on %s, following %s", server.url, follow)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -115,21 +114,21 @@ def serve(follow: str, config_path: str | None, overrides: tuple[str, ...], poll
 @click.option("--port", default=9092, show_default=True, help="port on 127.0.0.1")
 @click.option("--host", default="127.0.0.1", show_default=True)
 def broker(port: int, host: str) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu, memory storage) until stopped."""
+    """Run the embedded Kafka-compatible broker (Tansu, memory storage) until stopped. SIGTERM or SIGINT stop
+    it and exit 0; if the broker exits by itself, its exit status is returned."""
     import signal
 
     from .stream.broker import EmbeddedBroker
 
+    embedded = EmbeddedBroker(port=port, host=host)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the start: a broker in its own session must not outlive us
+        signal.signal(sig, lambda *_: embedded.request_stop())
     try:
-        embedded = EmbeddedBroker(port=port, host=host).start()
+        embedded.start()
     except PegpError as exc:
         _fail(exc)
     click.echo(f"broker listening on {embedded.bootstrap_servers}")
-    signal.signal(signal.SIGTERM, lambda *_: embedded.stop())
-    try:
-        sys.exit(embedded.process.wait())
-    except KeyboardInterrupt:
-        embedded.stop()
+    sys.exit(embedded.wait())  # 0 after SIGTERM/SIGINT; the broker's own status if it exits by itself
 
 
 @main.command()

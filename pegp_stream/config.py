@@ -3,11 +3,20 @@
 A config is built from a plain mapping (parsed YAML/JSON, or the dict a caller passes to
 `create_learner`); missing keys take the defaults below. `to_config` turns pydantic's validation
 errors into a `ConfigError` whose message names the offending field as a dotted path.
+
+Sources and their strictness (`load`): a config file, then environment variables, then `--set` overrides.
+File keys and `--set` keys are strict: an unknown key anywhere is an error naming it. An environment
+variable is config only when it starts with `PEGP_` and its first level (up to the first `__`) names a
+top-level key of the config being loaded (`PEGP_LEARNER__PET__KIND`, `PEGP_LOG_FORMAT`); below that level it
+is as strict as the others (`PEGP_LEARNER__PET__RANKK` fails naming `learner.pet.rankk`). Any other `PEGP_`
+variable is not ours (Kubernetes injects `PEGP_SERVING_SERVICE_HOST` and `_PORT*` for a Service named
+`pegp-serving`): it is ignored, with one warning naming the ignored variables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from pydantic import (
@@ -27,6 +36,7 @@ from .schema import Fraction, Frozen, Positive, section_by_kind
 from .stream.decode import DecodeLimits
 
 T = TypeVar("T", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class BackboneConfig(BaseModel):
@@ -196,7 +206,8 @@ class LearnerConfig(Frozen):
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast for backbone and PET compute where native; state stays fp32/fp64"
     )
-    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N or auto")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N, mps or auto (checked against this "
+                        "machine: a device it does not have is a config error)")
     seed: int = Field(0, description="seeds the random initialisation (backbone when not loaded, PET tensors), token "
                       "subsampling and the randomized SVD")
 
@@ -204,6 +215,32 @@ class LearnerConfig(Frozen):
     @classmethod
     def _pet_by_kind(cls, value: Any) -> Any:
         return section_by_kind(value, PET_CONFIGS, default="prompt", what="PET kind")
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, name: str) -> str:
+        if name != "auto":
+            _check_device(name)
+        return name
+
+
+def _check_device(name: str) -> None:
+    """Raise ValueError unless `name` is a torch device of a supported type that this machine has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name!r} is not a supported torch device; use cpu, cuda, cuda:N, mps or auto")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name!r}: CUDA is not available on this machine (torch.cuda.is_available() is False); "
+                         "use cpu or auto")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name!r}: MPS is not available on this machine; use cpu or auto")
 
 
 def _field_path(error: Mapping[str, Any]) -> str:
@@ -266,14 +303,27 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return tree
 
 
-def env_overrides(environ: Mapping[str, str], prefix: str = "PEGP_") -> dict[str, Any]:
-    """`PEGP_LEARNER__PET__KIND=lora` -> {"learner": {"pet": {"kind": "lora"}}} (values parsed as YAML)."""
+def env_overrides(
+    environ: Mapping[str, str], prefix: str = "PEGP_", keys: Collection[str] | None = None
+) -> dict[str, Any]:
+    """`PEGP_LEARNER__PET__KIND=lora` -> {"learner": {"pet": {"kind": "lora"}}} (values parsed as YAML).
+
+    With `keys` (the config's top-level keys), a variable whose first level is not one of them is skipped and
+    the skipped names are logged in one warning (see the module docstring); without, every variable counts."""
     import yaml
 
     tree: dict[str, Any] = {}
+    ignored = []
     for name, raw in sorted(environ.items()):
-        if name.startswith(prefix) and len(name) > len(prefix):
-            _put(tree, name[len(prefix) :].lower().split("__"), yaml.safe_load(raw) if raw else "")
+        if not name.startswith(prefix) or len(name) == len(prefix):
+            continue
+        path = name[len(prefix) :].lower().split("__")
+        if keys is not None and path[0] not in keys:
+            ignored.append(name)
+            continue
+        _put(tree, path, yaml.safe_load(raw) if raw else "")
+    if ignored:
+        log.warning("ignoring environment variables that name no config key: %s", ", ".join(ignored))
     return tree
 
 
@@ -284,7 +334,8 @@ def load(
     overrides: Sequence[str] = (),
 ) -> T:
     """Build `model` from a YAML/JSON file, then environment variables (PEGP_ prefix, __ between levels),
-    then `key=value` overrides, later sources winning; validate once and name any bad field."""
+    then `key=value` overrides, later sources winning; validate once and name any bad field. Environment
+    variables that name no top-level key are ignored with a warning (module docstring)."""
     import yaml
 
     tree: dict[str, Any] = {}
@@ -296,7 +347,7 @@ def load(
             raise ConfigError("--config", f"cannot read {path}: {exc}") from None
         if not isinstance(tree, dict):
             raise ConfigError("--config", f"{path} must hold a mapping at the top level")
-    for layer in (env_overrides(environ or {}), parse_overrides(overrides)):
+    for layer in (env_overrides(environ or {}, keys=model.model_fields), parse_overrides(overrides)):
         tree = merge_tree(tree, layer)
     return to_config(model, tree)
 

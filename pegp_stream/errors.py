@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class PegpError(Exception):
     """Root of every error pegp-stream raises on purpose."""
@@ -25,4 +27,11 @@ class LabelCapacityError(PegpError):
 
 
 class StateMismatchError(CheckpointError):
-    """A saved state was made under another configuration (backbone, PET layout): the message names the field."""
+    """A saved state was made under another configuration (backbone, its weights, PET layout, head), so loading
+    it would change predictions silently; raised before anything is loaded. The message names each differing
+    field ("learner.pet.rank: checkpoint has 8, config has 4"); `differences` maps each to (checkpoint's value,
+    config's value) where the learner found them (empty when re-raised with more context, e.g. the file)."""
+
+    def __init__(self, message: str, differences: dict[str, tuple[Any, Any]] | None = None) -> None:
+        self.differences = dict(differences or {})
+        super().__init__(message)

@@ -9,6 +9,8 @@ linear in the gradient), accumulate features.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,13 +22,15 @@ from timm.data import resolve_data_config
 
 from .backbone import build_backbone
 from .config import LearnerConfig, to_config
-from .errors import CheckpointError, LabelCapacityError
+from .errors import CheckpointError, LabelCapacityError, StateMismatchError
 from .head import LinearHead, build_head
 from .pet import attach
 from .pet.base import FeatureTaps, SpaceSpec
 from .projection import ProtectedSpace
+from .stream.decode import canonical_label
 from .update import build_optimizer, build_update_projection
 
+log = logging.getLogger(__name__)
 Label = int | str
 STATE_FORMAT = 1
 # Trained tensors (PET and head) are kept in float64 and cast to the compute dtype in the forward. With
@@ -79,6 +83,7 @@ class Learner:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.backbone = build_backbone(config.backbone)
+            self.backbone_digest = weights_digest(self.backbone)  # before PET attaches (it may wrap modules)
             self.attachment = attach(self.backbone, config.pet, self.taps, config.projection)
         dim = self.backbone.num_features
         self.head = build_head(config.head, dim, seed=config.seed, linear_dtype=MASTER_DTYPE)
@@ -105,10 +110,12 @@ class Learner:
     # the step
 
     def learn_many(self, images: torch.Tensor, labels: Sequence[Label]) -> LearnResult:
-        """Predict each row with the current model, then take one projected step on the batch."""
+        """Predict each row with the current model, then take one projected step on the batch. Labels are
+        taken in canonical form (`stream.decode.canonical_label`): 7 and "7" are one class, reported as 7."""
         images = self._check_images(images)
         if len(labels) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
+        labels = [canonical_label(label) for label in labels]  # 7 and "7" are one class
         rejected = {i: "non-finite pixel values" for i in _nonfinite_rows(images)}
         rows = [i for i in range(images.shape[0]) if i not in rejected]
         predictions: list[Label | None] = [None] * images.shape[0]
@@ -217,6 +224,7 @@ class Learner:
         return {
             "format": STATE_FORMAT,
             "config": self.config.model_dump(mode="json"),
+            "layout": self.layout,
             "pet": {name: p.detach().clone() for name, p in self.pet_parameters.items()},
             "head": {k: v.detach().clone() for k, v in self.head.state_dict().items()},
             "classes": list(self.classes),
@@ -228,10 +236,42 @@ class Learner:
                          "consolidations": self.consolidations},
         }
 
+    @property
+    def layout(self) -> dict[str, Any]:
+        """What a learned state is only valid with, as dotted config field -> value (JSON types): the backbone's
+        name, timm options and weights (a digest), PET kind and options, the head's kind and size, which spaces
+        are protected, the optimizer, and the seed (it drew a random backbone and seeds each consolidation, so a
+        resumed run continues bitwise only with it). Learning rates, eps and the like may change between runs."""
+        return {**config_layout(self.config.model_dump(mode="json")), BACKBONE_DIGEST: self.backbone_digest}
+
+    def check_layout(self, state: Mapping[str, Any]) -> None:
+        """Raise StateMismatchError naming every layout field in which `state` differs from this learner. A
+        state without a layout record (older versions) is checked on the config it carries, without weights."""
+        recorded = state.get("layout")
+        if recorded is None and isinstance(state.get("config"), Mapping):
+            log.warning("learner state has no record of its backbone weights (an older version): not verified")
+            recorded = {**config_layout(state["config"]), BACKBONE_DIGEST: self.backbone_digest}
+        if recorded is None:
+            log.warning("learner state records no config: its layout is not verified")
+            return
+        mine = self.layout
+        differences = {key: (recorded.get(key, UNSET), mine.get(key, UNSET)) for key in {**recorded, **mine}
+                       if recorded.get(key, UNSET) != mine.get(key, UNSET)}
+        if "learner.pet.kind" in differences:  # another paradigm: its options differ as a matter of course
+            differences = {k: v for k, v in differences.items() if not k.startswith("learner.pet.")
+                           or k == "learner.pet.kind"}
+        if differences:
+            found = "; ".join(f"{field}: checkpoint has {old!r}, config has {new!r}"
+                              for field, (old, new) in sorted(differences.items()))
+            raise StateMismatchError(f"{found} (use the config the state was made with, or start without it)",
+                                     dict(sorted(differences.items())))
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a `state_dict` taken from a learner built with a compatible config."""
+        """Restore a `state_dict` taken from a learner whose `layout` is the same; a state of another layout
+        raises StateMismatchError before anything changes."""
         if state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"unsupported learner state format {state.get('format')!r}")
+        self.check_layout(state)
         try:
             with torch.no_grad():
                 _load_tensors(self.pet_parameters, state["pet"], "pet")
@@ -244,7 +284,7 @@ class Learner:
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"learner state does not fit this learner: {exc}") from None
-        self.classes = list(state["classes"])
+        self.classes = _canonical_classes(state["classes"])
         self._class_index = {label: i for i, label in enumerate(self.classes)}
         self.segment_classes = set(state["segment_classes"])
         self.generator.set_state(state["generator"])
@@ -350,6 +390,48 @@ def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | No
     else:
         native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return torch.bfloat16 if native else None
+
+
+BACKBONE_DIGEST = "learner.backbone weights (sha256 prefix)"
+UNSET = "<unset>"
+_LAYOUT_SECTIONS = ("backbone", "pet", "head")
+_NOT_LAYOUT = {  # settings that may change between runs; the digest covers the weights the backbone sources give
+    "backbone": {"pretrained", "checkpoint_path", "attention"},
+    "head": {"lr_scale", "ncm_temperature", "train_mask", "slda_shrinkage"},  # shrinkage: applied at solve time
+}
+_LAYOUT_FIELDS = ("projection.enabled", "projection.protect_head", "projection.prefix_per_head", "optimizer.name")
+
+
+def config_layout(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The layout fields (see `Learner.layout`) of a learner config dumped as JSON, the digest aside. A field
+    not listed as free to change in `_NOT_LAYOUT` counts (a new option is checked until known to be safe)."""
+    layout = {f"learner.{section}.{k}": v for section in _LAYOUT_SECTIONS for k, v in config[section].items()
+              if k not in _NOT_LAYOUT.get(section, ())}
+    for path in _LAYOUT_FIELDS:
+        section, name = path.split(".")
+        layout[f"learner.{path}"] = config[section][name]
+    layout["learner.seed"] = config["seed"]  # it draws a random backbone, and seeds every later consolidation
+    return layout
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over every tensor of `model`'s state dict (name, dtype, shape and bytes, in name order); the
+    first 16 hex digits (64 bits: plenty to tell weights apart, short enough for a message)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+def _canonical_classes(classes: Sequence[Label]) -> list[Label]:
+    """A state's labels in canonical form (states before that rule may hold "7" for 7), unless that would
+    merge two of its classes: then as they are, with a warning."""
+    canonical = [canonical_label(label) for label in classes]
+    if len(set(canonical)) == len(canonical):
+        return canonical
+    log.warning("learner state holds labels that differ only in form (e.g. 7 and '7'); kept as they are")
+    return list(classes)
 
 
 def _clone(value: Any) -> Any:

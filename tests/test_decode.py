@@ -135,7 +135,7 @@ def test_binary_metadata_travels_in_headers_as_text():
         "label": b"7", "content-type": b"image/png", "id": b"11", "segment": b"s2", "ts": b"1700000000.25",
     }
     sample = decode_record(value, headers)
-    assert (sample.label, sample.id, sample.segment, sample.ts) == ("7", "11", "s2", 1_700_000_000.25)
+    assert (sample.label, sample.id, sample.segment, sample.ts) == (7, "11", "s2", 1_700_000_000.25)  # canonical
 
 
 def test_binary_jpeg_without_content_type_is_detected():

@@ -205,7 +205,7 @@ def test_a_fetch_that_cannot_be_decoded_stops_the_daemon_with_a_clear_error(modu
         process.kill()
         raise AssertionError("the daemon hung on an undecodable fetch") from None
     log_text = (tmp_path / "daemon.log").read_text()
-    assert code != 0  # 2 once the CLI turns a PegpError from the daemon into a one-line error
+    assert code == 2  # a PegpError from the daemon: one line, exit 2
     assert "cannot decode records of topic 'lz4-unreadable'" in log_text and "lz4" in log_text
 
 

@@ -6,6 +6,7 @@ For demos and tests on one machine; production deployments use Apache Kafka (see
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -41,6 +42,7 @@ class EmbeddedBroker:
     host: str = "127.0.0.1"
     log_path: Path | None = None
     process: subprocess.Popen | None = field(default=None, init=False)
+    _stop_requested_at: float | None = field(default=None, init=False, repr=False)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -65,6 +67,30 @@ class EmbeddedBroker:
                 time.sleep(0.05)
         self.stop()
         raise BrokerError(f"broker did not accept connections on {self.bootstrap_servers} within {timeout} s")
+
+    def request_stop(self) -> None:
+        """Ask the broker to exit (SIGTERM) without waiting: safe to call from a signal handler, which may
+        interrupt `wait()` in the same thread (Popen's wait lock is not re-entrant, so waiting here would
+        deadlock). `wait()` then returns, killing the broker if it outlives its grace period."""
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)  # a no-op once the process has exited
+
+    def wait(self, grace: float = 5.0) -> int:
+        """Block until the broker exits. Returns 0 when it exits after `request_stop()` (however it ends),
+        otherwise its exit status (an unexpected exit)."""
+        while True:
+            try:
+                code = self.process.wait(timeout=0.2)
+                return 0 if self._stop_requested_at is not None else code
+            except subprocess.TimeoutExpired:
+                if self._stop_requested_at is None:
+                    continue
+                if time.monotonic() - self._stop_requested_at > grace:
+                    self.process.kill()
+                else:  # again: a stop requested while `start()` ran found no process to signal
+                    self.process.terminate()
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -9,8 +9,12 @@ The record contract (the producer side is `encode.encode_record`):
   counts as absent. Unknown fields are ignored. Headers are not read in this form.
 * Binary form: the value is the PNG or JPEG bytes themselves; the label travels in the UTF-8 header
   `label`, optionally with headers `id`, `segment` and `ts` (epoch seconds or ISO-8601 text). Header
-  values are text, so a binary record's label, id and segment are always str ("3", never 3). When a
+  values are text, so a binary record's id and segment are always str ("3", never 3). When a
   header name repeats, the last one wins; a `content-type` header is allowed and not needed.
+
+Labels have one form whichever way they arrive (`canonical_label`): an int when the label is an integer, or
+text that spells an int64 canonically ("7", "-3"; not "07", "+7", " 7" or "7.0"), else the text. So the JSON
+label 7, the JSON label "7" and the header `label: 7` are one class; "07" and "seven" are classes of their own.
 
 A value that starts with the PNG signature or the JPEG SOI marker (FF D8 FF) is the binary form;
 anything else must be JSON. `image` and binary values must be PNG or JPEG; other formats are rejected.
@@ -64,6 +68,7 @@ import base64
 import io
 import json
 import math
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,6 +97,7 @@ _OTHER_IMAGE_MAGIC = {b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"RIFF":
 _RECORD_KEYS = frozenset({"label", "image", "pixels", "shape", "id", "segment", "ts"})
 _HEADER_NAMES = frozenset({"label", "id", "segment", "ts"})
 _INT64 = (-(2**63), 2**63 - 1)
+_CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")
 _NUMBER_TEXT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
@@ -304,7 +310,18 @@ def _text_ts(text: str, field: str) -> float:
 def _label(value: object, field: str, limits: DecodeLimits) -> str | int:
     if value is None:
         raise DecodeError("missing_label", field, "is required")
-    return _key(value, field, limits.max_label_chars, "bad_label")
+    return canonical_label(_key(value, field, limits.max_label_chars, "bad_label"))
+
+
+def canonical_label(label: str | int) -> str | int:
+    """The one form of a label wherever it enters (records, `Learner.learn_many`, data set streams): an int
+    for an integer (numpy's too, not bool) or for text spelling an int64 canonically ("7", "-3": ASCII digits,
+    no "+", no leading zero, no spaces); any other label is returned unchanged."""
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool):
+        return int(label)
+    if isinstance(label, str) and _CANONICAL_INT.fullmatch(label) and _INT64[0] <= int(label) <= _INT64[1]:
+        return int(label)
+    return label
 
 
 def _optional_key(value: object, field: str, limits: DecodeLimits) -> str | int | None:

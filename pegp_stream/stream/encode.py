@@ -48,7 +48,8 @@ def encode_record(
     `image` is (H, W) or (H, W, C) with C in 1, 3, 4, and is not modified. `image_format` "raw" sends the
     JSON `pixels` and `shape` (the shape is kept exactly); "png" is lossless (grey decodes as (H, W));
     "jpeg" is lossy (quality 95) and has no alpha. `fmt` "binary" sends the PNG/JPEG bytes as the value and
-    the metadata as UTF-8 headers, so the decoder returns label, id and segment as str. `ts` is epoch
+    the metadata as UTF-8 headers, so the decoder returns id and segment as str (labels in either form
+    decode to their canonical form, `decode.canonical_label`). `ts` is epoch
     seconds or an ISO-8601 string. Invalid arguments raise `EncodeError`.
     """
     if fmt not in _FORMATS:

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..config import StreamConfig
 from ..datasets import LabelledImages, load_dataset
+from .decode import canonical_label
 from .schedule import StreamItem, class_incremental_schedule, concat_schedules
 
 
@@ -18,7 +19,7 @@ class StreamRecord:
 
     position: int
     image: np.ndarray
-    label: str
+    label: str | int
     segment: int
 
 
@@ -26,7 +27,7 @@ class StreamRecord:
 class LabelledStream:
     items: list[StreamItem]
     parts: list[LabelledImages]
-    label_names: list[list[str]]  # per part: class index -> external label
+    label_names: list[list[str | int]]  # per part: class index -> external label (canonical form)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -46,7 +47,8 @@ class LabelledStream:
 
 def build_stream(config: StreamConfig, split: str | None = None) -> LabelledStream:
     """Load every data set of `config` and chain their class-incremental schedules. External labels are
-    the class names, prefixed with the data set name when several data sets are chained."""
+    the class names, prefixed with the data set name when several data sets are chained, in the canonical
+    form records have (`canonical_label`: digits' "3" is 3)."""
     split = split or config.split
     parts = [load_dataset(name, split=split, data_dir=config.data_dir) for name in config.datasets]
     schedules = [
@@ -57,5 +59,5 @@ def build_stream(config: StreamConfig, split: str | None = None) -> LabelledStre
         for i, part in enumerate(parts)
     ]
     prefix = len(parts) > 1
-    names = [[f"{part.name}/{c}" if prefix else c for c in part.class_names] for part in parts]
+    names = [[canonical_label(f"{part.name}/{c}" if prefix else c) for c in part.class_names] for part in parts]
     return LabelledStream(concat_schedules(*schedules), parts, names)
