@@ -66,6 +66,15 @@ def digits_segment(classes: tuple[int, ...], count: int, offset: int = 0) -> tup
     return images[rows].clone(), labels[rows].tolist()
 
 
+@pytest.fixture
+def broker():
+    """A real embedded broker (Tansu) on a free port, for one test."""
+    from pegp_stream.stream.broker import EmbeddedBroker, free_port
+
+    with EmbeddedBroker(port=free_port()) as embedded:
+        yield embedded
+
+
 @pytest.fixture(scope="session")
 def digits_backbone(tmp_path_factory) -> str:
     """A tiny ViT pretrained on the digits train split (about 15 s on 2 cores, ~93% test accuracy), so

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -14,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from pegp_stream.checkpoint import CheckpointStore
 from pegp_stream.config import DaemonConfig, StreamConfig, to_config
+from pegp_stream.daemon import Daemon, record_id_hash
 from pegp_stream.stream.produce import ProduceOptions, produce
 from pegp_stream.stream.replay import build_stream
 
@@ -31,6 +35,23 @@ def daemon_config(tmp_path: Path, bootstrap: str, topic: str, backbone_path: str
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config
+
+
+def digest(ids) -> int:
+    """The exactly-once digest of these record ids (what the daemon's learned_digest holds)."""
+    return sum(record_id_hash(i) for i in ids) % 2**64
+
+
+@contextlib.contextmanager
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    """The daemon's loop in a thread; on exit it is asked to stop (as SIGTERM does) and joined."""
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(60)
 
 
 def typed(config: dict) -> DaemonConfig:

@@ -18,6 +18,7 @@ from daemon_support import (
     committed_offsets,
     daemon_config,
     dead_letters,
+    digest,
     latest_state,
     produce_digits,
     start_process,
@@ -29,19 +30,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from test_conformance import assert_state_equal
 
 from pegp_stream.config import KafkaConfig, to_config
-from pegp_stream.daemon import Daemon, record_id_hash
+from pegp_stream.daemon import Daemon
 from pegp_stream.stream.broker import EmbeddedBroker, free_port
 from pegp_stream.stream.source import KafkaSource
-
-
-@pytest.fixture
-def broker():
-    with EmbeddedBroker(port=free_port()) as embedded:
-        yield embedded
-
-
-def digest(ids) -> int:
-    return sum(record_id_hash(i) for i in ids) % 2**64
 
 
 def run_to_end(config: dict) -> Daemon:

@@ -14,12 +14,23 @@ import threading
 import httpx
 import pytest
 from conftest import TINY_BACKBONE  # noqa: F401 - keeps conftest's fixtures importable here
-from daemon_support import daemon_config, dead_letters, latest_state, produce_digits, start_process, typed, wait_for
+from daemon_support import (
+    committed_offsets,
+    daemon_config,
+    dead_letters,
+    digest,
+    latest_state,
+    produce_digits,
+    running,
+    start_process,
+    typed,
+    wait_for,
+)
 from kafka import KafkaProducer
 
 from pegp_stream.checkpoint import CheckpointStore, encode_state
 from pegp_stream.config import StreamConfig
-from pegp_stream.daemon import Daemon, record_id_hash
+from pegp_stream.daemon import Daemon
 from pegp_stream.errors import CheckpointError
 from pegp_stream.stream.broker import EmbeddedBroker, free_port
 from pegp_stream.stream.encode import encode_record
@@ -27,24 +38,8 @@ from pegp_stream.stream.produce import ensure_topic
 from pegp_stream.stream.replay import build_stream
 
 
-@pytest.fixture
-def broker():
-    with EmbeddedBroker(port=free_port()) as embedded:
-        yield embedded
-
-
-def digest(ids) -> int:
-    return sum(record_id_hash(i) for i in ids) % 2**64
-
-
 def serving(config: dict, port: int, **http) -> dict:
     return {**config, "http": {"enabled": True, "port": port, **http}}
-
-
-def start_thread(daemon: Daemon) -> threading.Thread:
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    return thread
 
 
 # ------------------------------------------------------------------ the served model stays fresh
@@ -57,17 +52,13 @@ def test_served_model_catches_up_when_the_stream_pauses(broker, tmp_path):
     config = serving(daemon_config(tmp_path, broker.bootstrap_servers, "fresh", exit_when_idle_s=None), port,
                      snapshot_every_updates=1000)
     daemon = Daemon(typed(config))
-    thread = start_thread(daemon)
-    try:
+    with running(daemon):
         wait_for(lambda: daemon.stats.learned == len(ids), 120, what="the stream learned")
         url = f"http://127.0.0.1:{port}/v1/model"
         model = wait_for(lambda: (m := httpx.get(url).json())["records_in_model"] == len(ids) and m, 10,
                          what="the served model to hold every learned record")
         assert model["records_learned"] == len(ids) and model["version"] == model["updates"]
         assert sorted(int(c) for c in model["classes"]) == list(range(10))
-    finally:
-        daemon.request_stop()
-        thread.join(60)
 
 
 # ------------------------------------------------------------------ exactly-once when an error escapes
@@ -215,8 +206,7 @@ def test_full_disk_keeps_learning_and_serving_and_retries_the_checkpoint(broker,
     config["checkpoint"] = {"dir": str(small_disk / "checkpoints"), "every_records": 8, "every_seconds": None}
     daemon = Daemon(typed(config))
     assert not list((small_disk / "checkpoints").iterdir()), "a stale partial file is removed at start"
-    thread = start_thread(daemon)
-    try:
+    with running(daemon):
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: daemon.stats.learned == len(ids), 120, what="learning despite failing checkpoints")
         ready = httpx.get(f"{url}/readyz")
@@ -227,14 +217,21 @@ def test_full_disk_keeps_learning_and_serving_and_retries_the_checkpoint(broker,
         assert httpx.post(f"{url}/v1/predict", json={"instances": [{"pixels": "AAAAAA==", "shape": [2, 2]}]}) \
             .status_code == 200
         assert not list((small_disk / "checkpoints").iterdir())  # no partial file left behind
+        assert committed_offsets(broker.bootstrap_servers, "full", "pegp-stream-learner", 1) == {0: None}
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
         wait_for(lambda: daemon.checkpoint_problem is None, 90, what="the retried checkpoint")
         assert httpx.get(f"{url}/readyz").status_code == 200
-    finally:
-        daemon.request_stop()
-        thread.join(60)
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)  # then read-only
+        more = produce_digits(broker.bootstrap_servers, "full", limit_per_class=2, id_prefix="m")
+        wait_for(lambda: daemon.stats.learned == len(ids) + len(more), 120, what="learning on a read-only disk")
+        wait_for(lambda: "Read-only" in (daemon.checkpoint_problem or ""), 30, what="a read-only failure")
+        assert "Read-only" in httpx.get(f"{url}/readyz").text
+        assert committed_offsets(broker.bootstrap_servers, "full", "pegp-stream-learner", 1) == {0: len(ids)}
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+        wait_for(lambda: daemon.checkpoint_problem is None, 90, what="the retried checkpoint")
     state = latest_state(small_disk / "checkpoints")
-    assert state["stats"]["learned"] == len(ids) and int(state["stats"]["learned_digest"]) == digest(ids)
+    assert state["stats"]["learned"] == len(ids) + len(more)
+    assert int(state["stats"]["learned_digest"]) == digest(ids + more)
 
 
 # ------------------------------------------------------------------ malformed checkpoints
@@ -285,9 +282,8 @@ def test_waiting_for_a_topic_is_alive_but_not_ready(broker, tmp_path):
     config = serving(daemon_config(tmp_path, broker.bootstrap_servers, "later", exit_when_idle_s=None), port,
                      stall_after_s=1.0)
     daemon = Daemon(typed(config))
-    thread = start_thread(daemon)
     url = f"http://127.0.0.1:{port}"
-    try:
+    with running(daemon):
         wait_for(lambda: _get(f"{url}/healthz"), 60, what="the server")
         wait_for(lambda: daemon.source.consumer is None and daemon.heartbeat > 0, 5, what="connect attempts")
         threading.Event().wait(3.0)  # well past stall_after_s
@@ -297,9 +293,6 @@ def test_waiting_for_a_topic_is_alive_but_not_ready(broker, tmp_path):
         ids = produce_digits(broker.bootstrap_servers, "later", limit_per_class=2)
         wait_for(lambda: daemon.stats.learned == len(ids), 120, what="the late topic learned")
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, 10, what="ready once connected")
-    finally:
-        daemon.request_stop()
-        thread.join(60)
 
 
 def test_records_after_a_long_idle_do_not_read_as_stalled(broker, tmp_path):
@@ -308,9 +301,8 @@ def test_records_after_a_long_idle_do_not_read_as_stalled(broker, tmp_path):
     config = serving(daemon_config(tmp_path, broker.bootstrap_servers, "pause", exit_when_idle_s=None), port,
                      stall_after_s=1.0)
     daemon = Daemon(typed(config))
-    thread = start_thread(daemon)
     url = f"http://127.0.0.1:{port}"
-    try:
+    with running(daemon):
         wait_for(lambda: daemon.stats.learned == len(ids), 120, what="the first part")
         threading.Event().wait(2.5)  # idle well past stall_after_s
         more = produce_digits(broker.bootstrap_servers, "pause", limit_per_class=6, id_prefix="b")
@@ -318,9 +310,6 @@ def test_records_after_a_long_idle_do_not_read_as_stalled(broker, tmp_path):
         while daemon.stats.learned < len(ids) + len(more):
             answers.append(httpx.get(f"{url}/readyz").json()["status"])
         assert answers and not [a for a in answers if a.startswith("stalled")]
-    finally:
-        daemon.request_stop()
-        thread.join(60)
 
 
 def test_unreachable_broker_is_not_ready_and_sigint_exits_promptly(tmp_path):

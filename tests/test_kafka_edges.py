@@ -8,15 +8,11 @@ import threading
 
 import pytest
 from conftest import digits_segment  # noqa: F401 - keeps conftest's fixtures importable here
-from daemon_support import daemon_config, latest_state, produce_digits, typed, wait_for
+from daemon_support import daemon_config, digest, latest_state, produce_digits, typed, wait_for
 
-from pegp_stream.daemon import Daemon, record_id_hash
+from pegp_stream.daemon import Daemon
 from pegp_stream.stream.broker import EmbeddedBroker, free_port
 from pegp_stream.stream.source import OffsetOutOfRange
-
-
-def digest(ids) -> int:
-    return sum(record_id_hash(i) for i in ids) % 2**64
 
 
 @pytest.fixture
