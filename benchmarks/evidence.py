@@ -2,7 +2,8 @@
 references and the head variants, each over several seeds through `pegp_stream.eval_run` (what
 `pegp-stream eval` runs).
 
-    python -m benchmarks.evidence run    [--suites heads,s1,s2,refs] [--seeds 0,1,2] [--workers 2] [--quick]
+    python -m benchmarks.evidence run    [--suites heads,s1,s2,refs,frozen-heads] [--seeds 0,1,2] [--workers 2]
+                                         [--quick]
     python -m benchmarks.evidence report [--out DIR]
 
 Streams (docs/method.md section 7 metrics; RESULTS.md says what was run):
@@ -45,6 +46,14 @@ HEADS: dict[str, dict[str, Any]] = {
     "ncm": {"head": {"kind": "ncm"}},
 }
 GRID_HEAD = "ncm"
+# Issue 10: the frozen-backbone references with the second-order heads (exact in one pass, no SGD), each on
+# S1 and S2; run folders frozen-s1/none/<head> and frozen-s2/none/<head>. Not here: ridge with 2048 random
+# features (RanPAC's form), 516 s of training per run at 150 samples per class on 2 shared cores (5.8 rec/s).
+FROZEN_HEADS: dict[str, dict[str, Any]] = {
+    "ncm": {"head": {"kind": "ncm"}},
+    "slda": {"head": {"kind": "slda"}},
+    "ridge": {"head": {"kind": "ridge"}},
+}
 # SGD learning rate per paradigm, set so one step moves each paradigm's tensors by a similar amount: on the
 # same batches a prefix moves ~150x and a prompt ~30x less than an adapter at equal lr (measured on digits),
 # and at lr 0.01 adapters and LoRA wrecked the backbone's features with or without projection (RESULTS.md).
@@ -52,7 +61,7 @@ LEARNING_RATES = {"none": 0.001, "prompt": 0.01, "prefix": 0.1, "adapter": 0.001
 DETECTOR = {"kind": "page_hinkley"}  # S2: the prequential loss jumps when unseen classes arrive
 JOINT_EPOCHS = 3
 JOINT_LINEAR_HEAD_LR = 0.01  # the joint reference's linear head (the PET keeps its paradigm's rate)
-SUITES = ("heads", "s1", "s2", "refs")
+SUITES = ("heads", "s1", "s2", "refs", "frozen-heads")
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ def learner(paradigm: str, projected: bool, head: str, seed: int, quick: bool, b
     config: dict[str, Any] = {"backbone": spec, "pet": {"kind": paradigm}, "precision": "fp32", "seed": seed,
                               "projection": {"enabled": projected},
                               "optimizer": {"name": "sgd", "lr": LEARNING_RATES[paradigm]}}
-    return merge_tree(config, HEADS[head])
+    return merge_tree(config, (HEADS | FROZEN_HEADS)[head])
 
 
 def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], quick: bool,
@@ -116,6 +125,10 @@ def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], 
         runs.append(Run(suite, paradigm, variant, seed, merge_tree(config, common)))
 
     for seed in seeds:
+        if "frozen-heads" in suites:
+            for suite in ("frozen-s1", "frozen-s2"):
+                for head in FROZEN_HEADS:
+                    add(suite, "none", head, seed, projected=False, head=head, task_free=suite == "frozen-s2")
         if "heads" in suites:
             for head in HEADS:
                 add("heads", "adapter", head, seed, projected=True, head=head)
