@@ -365,3 +365,24 @@ def test_dead_letters_are_written_once_across_sigkills(broker, tmp_path):
     assert sorted(offsets) == list(range(len(good), len(good) + 12))
     final = latest_state(tmp_path / "checkpoints")["stats"]
     assert final["dead_letters"] == {"malformed_json": 12} and final["learned"] == len(good) + len(more)
+
+
+def test_a_dead_letter_that_could_not_be_queued_is_sent_by_a_later_flush(tmp_path):
+    """The broker is down when a record is dead-lettered (the send fails at once, nothing is queued): a later
+    flush sends it, and until then no flush reports it delivered."""
+    from types import SimpleNamespace
+
+    from pegp_stream.config import KafkaConfig, to_config
+    from pegp_stream.stream.dead_letter import DeadLetterSink
+
+    port = free_port()
+    sink = DeadLetterSink(to_config(KafkaConfig, {"bootstrap_servers": f"127.0.0.1:{port}", "topic": "down"}))
+    record = SimpleNamespace(topic="down", partition=0, offset=7, key=None, value=b"{bad", headers=[])
+    sink.send(record, "malformed_json", "not JSON")
+    assert sink.unconfirmed == 1 and not sink.flush(timeout_s=1)
+    with EmbeddedBroker(port=port) as embedded:
+        ensure_topic(embedded.bootstrap_servers, "down.dlq", 1)
+        wait_for(lambda: sink.flush(timeout_s=2), 60, interval=0.5, what="the letter sent by a later flush")
+        letters = dead_letters(embedded.bootstrap_servers, "down.dlq", expected=1)
+        sink.close()
+    assert [(letter.value, dict(letter.headers)["pegp.source.offset"]) for letter in letters] == [(b"{bad", b"7")]

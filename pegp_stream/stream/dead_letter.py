@@ -72,6 +72,7 @@ class DeadLetterSink:
         if self._delivered:
             log.info("%d dead letter(s) were delivered after the last checkpoint: not written again",
                      len(self._delivered))
+
     def _like_input(self, admin: Any) -> Any:
         """The dead-letter topic as a NewTopic shaped like the input topic (1 partition, replication 1 if the
         input cannot be described)."""
@@ -106,15 +107,18 @@ class DeadLetterSink:
             self._producer_or_create().flush(timeout=timeout_s)
         except KafkaError as exc:
             log.warning("dead letters not yet delivered (%s: %s)", type(exc).__name__, exc)
+            if self._producer is None:  # no broker to send to: each resend would wait for one again
+                return False
         waiting = []
         for letter, future in self._unconfirmed:
             if future is not None and future.succeeded():
                 where = future.value
                 self.ends[where.partition] = max(self.ends.get(where.partition, 0), where.offset + 1)
                 continue
-            if future is not None and future.failed():
-                log.warning("dead letter to %s refused (%s): sending it again", self.topic, future.exception)
-                if isinstance(future.exception, MessageSizeTooLargeError):
+            if future is None or future.failed():  # None: the send failed at once and was never queued
+                reason = future.exception if future is not None else "not queued"
+                log.warning("dead letter to %s refused (%s): sending it again", self.topic, reason)
+                if future is not None and isinstance(future.exception, MessageSizeTooLargeError):
                     letter = minimal_letter(letter)
                 future = self._send(letter)
             waiting.append((letter, future))
@@ -144,6 +148,8 @@ class DeadLetterSink:
         if self._producer is None:
             self._producer = KafkaProducer(**self.config.client_options(), acks="all", linger_ms=5,
                                            allow_auto_create_topics=False,  # `prepare` creates it like the input
+                                           # with no broker, fail within seconds, not 30-60 s: a flush resends
+                                           bootstrap_timeout_ms=5000, max_block_ms=5000,
                                            max_request_size=self.config.dead_letter_max_bytes + LETTER_SLACK)
         return self._producer
 
