@@ -95,7 +95,7 @@ class Daemon:
         self._input = self.learner.input_config
         self._stop = threading.Event()
         self._since_checkpoint = 0  # records read since the last checkpoint
-        self._changed = False  # state changed without a record read (a boundary while idle)
+        self._changed = False  # state changed without a record read (a boundary while idle, offsets past markers)
         self._checkpoint_clock = time.monotonic()
         self.checkpoint_failures = 0  # failed checkpoint attempts (disk full, read-only, dead letters undelivered)
         self.checkpoint_problem: str | None = None  # why the last attempt failed; None once one succeeds
@@ -204,7 +204,8 @@ class Daemon:
         moved = self.source.consumed_offsets()  # past transaction markers and log resets too (not record + 1)
         changed = any(self.offsets.get(p) != offset for p, offset in moved.items())
         self.offsets.update(moved)
-        self._since_checkpoint += len(records) or int(changed)  # offsets moved without records: checkpoint too
+        self._since_checkpoint += len(records)
+        self._changed |= changed and not records  # offsets moved without records (markers, a reset): save too
 
     # ------------------------------------------------------------------ stages' parts
 
@@ -288,7 +289,7 @@ class Daemon:
     def maybe_checkpoint(self) -> None:
         every = self.config.checkpoint
         due_records = self._since_checkpoint >= every.every_records
-        due_time = every.every_seconds is not None and (self._since_checkpoint > 0 or self._changed) and \
+        due_time = every.every_seconds is not None and self._unsaved and \
             time.monotonic() - self._checkpoint_clock >= every.every_seconds
         retry_due = self.checkpoint_problem is None or time.monotonic() >= self._checkpoint_retry_at
         if (due_records or due_time) and retry_due:
@@ -317,6 +318,11 @@ class Daemon:
                  path.name, self.stats.learned, self.prequential.cumulative, self.prequential.windowed,
                  sum(self.stats.dead_letters.values()))
         return True
+
+    @property
+    def _unsaved(self) -> bool:
+        """Whether the state has moved since the last checkpoint."""
+        return self._since_checkpoint > 0 or self._changed
 
     def _checkpoint_failed(self, problem: str) -> bool:
         delay = next(self._checkpoint_retry)
@@ -387,7 +393,7 @@ class Daemon:
     def shutdown(self) -> int:
         """After a clean stop: the final checkpoint (when anything changed), then close. 1 if it failed."""
         written = True
-        if self._since_checkpoint or self._changed or not self.store.paths():
+        if self._unsaved or not self.store.paths():
             written = self.checkpoint()
         self.close()
         if not written:

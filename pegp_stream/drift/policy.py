@@ -68,11 +68,6 @@ class BoundaryPolicy:
     def samples_since_boundary(self) -> int:
         return self._since
 
-    @property
-    def last_marker(self) -> Marker | None:
-        """The last non-None segment marker seen (markers are compared with it)."""
-        return self._marker
-
     def request(self) -> None:
         """An operator asks for a boundary: the next `observe` returns "operator" (or "marker")."""
         self._requested = True
