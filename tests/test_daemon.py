@@ -225,11 +225,13 @@ def test_broker_restarted_mid_stream_keeps_learned_state(tmp_path):
     try:
         wait_for(lambda: daemon.source.resets >= 1, 60, what="the daemon noticing the reset log")
         second = produce_digits(bootstrap, "restart", limit_per_class=3, id_prefix="b")
-        wait_for(lambda: daemon.stats.learned == len(first) + len(second), 120, what="the second part learned")
+        wait_for(lambda: daemon.stats.learned >= len(first) + len(second), 120, what="the second part learned")
+        time.sleep(2.0)  # a late metadata refresh showing the new topic id must not make it read the log again
     finally:
         daemon.request_stop()
         thread.join(timeout=60)
         broker.stop()
+    assert daemon.stats.learned == len(first) + len(second), "records of the new log were learned twice"
     assert daemon.stats.learned_digest == digest(first + second)
     moved = [n for n, v in daemon.learner.state_dict()["pet"].items() if not torch.equal(v, learned_state[n])]
     assert moved, "learning went on after the restart from the state learned before it"

@@ -247,6 +247,16 @@ class KafkaSource:
         topic_id = self.consumer._client.cluster.topic_id(self.config.topic)
         return str(topic_id) if topic_id is not None else None
 
+    def _fresh_topic_id(self) -> str | None:
+        """The topic's id in a metadata response asked for now; None when the topic does not exist (yet) or
+        the broker did not answer in time, and then the next id seen is taken as the log's."""
+        consumer = self.consumer  # as KafkaConsumer.topics() asks, with a bound on the wait
+        try:
+            consumer._net.run(consumer._manager.wait_for, consumer._cluster.request_update(), 2000)
+        except KafkaError:
+            return None
+        return self._current_topic_id()
+
     def _check_topic_id(self) -> bool:
         """True (and `kafka.offset_reset` followed) when the topic's id changed: it was deleted and created
         again (a restarted in-memory broker does that), so no position read from the old log holds."""
@@ -283,6 +293,10 @@ class KafkaSource:
         self.consumer.seek(tp, self._fetched[tp.partition])
         if setting == "latest":
             self._to_end[tp.partition] = self.consumer.highwater(tp)
+        if not marks_stale:
+            # our position is now in the log the broker has at present, whatever id the cached metadata still
+            # gives (a restarted broker answers before the topic is created again: the id seen next is its)
+            self.topic_id = self._fresh_topic_id()
         log.warning("%s; kafka.offset_reset=%s: reading on from offset %d", where, setting,
                     self._fetched[tp.partition], extra={"topic": tp.topic, "partition": tp.partition})
         return True
