@@ -182,6 +182,16 @@ class HeadConfig(Frozen):
         "lambda by generalised cross-validation); slda and ridge are exact in one pass and order-free",
     )
     max_classes: Positive = Field(1024, description="label capacity; a label beyond it is rejected")
+    drift_compensation: Literal["none", "sdc"] = Field(
+        "none", description="sdc: after each step, move the stored class means (ncm, slda) by how the step moved "
+        "the features of the batch's samples nearest to them (semantic drift compensation, Yu et al. 2020); costs "
+        "one more forward per step without gradient",
+    )
+    train_through: Literal["head", "ncm", "linear"] = Field(
+        "head", description="what the PET's loss reads: the predicting head's own logits (head), cosine logits on "
+        "running class means kept beside the head (ncm), or a linear classifier trained beside it by the optimizer "
+        "(linear, not protected, used for nothing else); predictions always come from `kind`",
+    )
     train_mask: Literal["none", "segment"] = Field(
         "none", description="'segment': training logits are masked to the labels seen in the current "
         "segment (L2P-style train mask); predictions always use every class",

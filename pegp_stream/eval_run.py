@@ -25,6 +25,7 @@ import torch
 from .config import EvalConfig
 from .drift import BoundaryPolicy
 from .evaluate import PrequentialAccuracy, average_accuracy, backward_transfer, forgetting
+from .head import build_head
 from .learner import Learner, create_learner
 from .replay_run import segment_batches
 from .stream.preprocess import to_model_input
@@ -239,20 +240,24 @@ def _test_sets(test: LabelledStream, learner: Learner, batch_size: int) -> list[
 
 
 def _probe_accuracies(learner: Learner, tests: Sequence[tuple[list[torch.Tensor], list[str]]]) -> list[float]:
-    """Per seen segment: accuracy of a nearest-class-mean readout (cosine, every seen class) whose means are
-    refit on the current features of the even-numbered held-out rows, scored on the odd-numbered ones."""
+    """Per seen segment: accuracy of a readout of the learner's head kind (cosine nearest class mean for a
+    linear head, which has no statistics to refit) fit afresh on the current features of the even-numbered
+    held-out rows of every seen class, scored on the odd-numbered ones. Against the learner's own accuracy it
+    shows how stale the statistics stored as features moved have become."""
     features = [torch.cat([learner.features(images) for images in batches]) for batches, _ in tests]
-    classes = sorted({label for _, labels in tests for label in labels})
+    classes = sorted({label for _, labels in tests for label in labels}, key=str)
     index = {label: i for i, label in enumerate(classes)}
     targets = [torch.tensor([index[label] for label in labels]) for _, labels in tests]
-    fit_x = torch.cat([f[0::2] for f in features])
-    fit_y = torch.cat([t[0::2] for t in targets])
-    means = torch.stack([fit_x[fit_y == c].mean(0) for c in range(len(classes))])
-    means = torch.nn.functional.normalize(means, dim=1)
+    config = learner.config.head
+    kind = "ncm" if config.kind == "linear" else config.kind
+    readout = build_head(config.model_copy(update={"kind": kind, "max_classes": len(classes)}),
+                         features[0].shape[1], seed=learner.config.seed, linear_dtype=torch.float64)
+    readout.observe(torch.cat([f[0::2] for f in features]), torch.cat([t[0::2] for t in targets]))
     scores = []
-    for f, t in zip(features, targets, strict=True):
-        predicted = (torch.nn.functional.normalize(f[1::2], dim=1) @ means.T).argmax(1)
-        scores.append((predicted == t[1::2]).float().mean().item())
+    with torch.no_grad():
+        for f, t in zip(features, targets, strict=True):
+            predicted = readout(f[1::2], len(classes)).argmax(1)
+            scores.append((predicted == t[1::2]).float().mean().item())
     return scores
 
 

@@ -81,6 +81,11 @@ class NearestClassMeanHead(nn.Module):
             self.means[label] += (rows.sum(0) - rows.shape[0] * self.means[label]) / total
             self.counts[label] = total
 
+    @torch.no_grad()
+    def compensate(self, features: torch.Tensor, shift: torch.Tensor) -> None:
+        """Move the class means by `shift`, the change of `features` under the last step (`drift_shift`)."""
+        self.means += drift_shift(self.means, self.counts, features, shift).to(self.means.dtype)
+
 
 class _SolvedHead(nn.Module):
     """A head whose logits are `expand(features) @ weight.T + bias`, with (weight, bias) a closed-form
@@ -157,6 +162,13 @@ class StreamingLDAHead(_SolvedHead):
         self.counts[present] += added
         self._invalidate()
 
+    @torch.no_grad()
+    def compensate(self, features: torch.Tensor, shift: torch.Tensor) -> None:
+        """Move the class means by `shift`, the change of `features` under the last step (`drift_shift`); the
+        shared covariance is within-class, so a translation of each class leaves it as it is."""
+        self.means += drift_shift(self.means, self.counts, features, shift).to(self.means.dtype)
+        self._invalidate()
+
     def _solve(self, live: int) -> tuple[torch.Tensor, torch.Tensor]:
         dim = self.scatter.shape[0]
         covariance = self.scatter / max(int(self.counts.sum()), 1)
@@ -218,6 +230,20 @@ class RidgeHead(_SolvedHead):
         self.regularization = gcv_lambda(eigenvalues, (rotated**2).sum(0), int(self.counts.sum()))
         weight = (rotated / (eigenvalues + self.regularization)) @ vectors.T
         return weight, torch.zeros(live, dtype=STATS_DTYPE, device=weight.device)
+
+
+def drift_shift(means: torch.Tensor, counts: torch.Tensor, features: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Semantic drift compensation (Yu et al. 2020): the estimated move of each class mean when `features`
+    (batch, d) moved by `shift`: a Gaussian-weighted mean of the shifts, weights exp(-||x_i - mu_k||^2 / s) with
+    s the median squared distance (a scale-free kernel width), normalised per class. Zero for unseen rows."""
+    live = counts > 0
+    estimate = torch.zeros(means.shape, dtype=shift.dtype, device=shift.device)
+    if not bool(live.any()) or features.shape[0] == 0:
+        return estimate
+    distances = torch.cdist(means[live].to(features.dtype), features) ** 2  # (live classes, batch)
+    width = distances.median().clamp(min=torch.finfo(distances.dtype).tiny)
+    estimate[live] = torch.softmax(-distances / width, dim=1) @ shift
+    return estimate
 
 
 def gcv_lambda(eigenvalues: torch.Tensor, energy: torch.Tensor, samples: int) -> float:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.data import resolve_data_config
 
 from .backbone import build_backbone
-from .config import LearnerConfig, to_config
+from .config import HeadConfig, LearnerConfig, to_config
 from .errors import CheckpointError, LabelCapacityError, StateMismatchError
 from .head import LinearHead, build_head
 from .pet import attach
@@ -87,16 +87,19 @@ class Learner:
             self.attachment = attach(self.backbone, config.pet, self.taps, config.projection)
         dim = self.backbone.num_features
         self.head = build_head(config.head, dim, seed=config.seed, linear_dtype=MASTER_DTYPE)
+        self.trainer = _trainer(config.head, self.head, dim, config.seed)
         self.input_size = (self.backbone.patch_embed.proj.in_channels, *self.backbone.patch_embed.img_size)
         _choose_attention(self.backbone, config.backbone.attention, self.device, self.autocast_dtype)
         self.backbone.to(self.device)
         self.attachment.modules.to(self.device)
         self.head.to(self.device)
+        self.trainer.to(self.device)
         self.pet_parameters = self.attachment.pet_parameters()
         for param in self.pet_parameters.values():
             param.data = param.data.to(MASTER_DTYPE)
         self.spaces = [ProtectedSpace(spec, config.projection, self.device) for spec in self._space_specs()]
-        self.optimizer = build_optimizer(config, list(self.pet_parameters.values()), list(self.head.parameters()))
+        head_parameters = list(self.head.parameters()) + _extra(self.trainer, self.head, "parameters")
+        self.optimizer = build_optimizer(config, list(self.pet_parameters.values()), head_parameters)
         self.update_projection = build_update_projection(config, self.spaces)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.classes: list[Label] = []
@@ -136,6 +139,8 @@ class Learner:
         for row, predicted, loss in zip(rows, step.predicted, step.per_sample_loss.tolist(), strict=True):
             predictions[row], sample_losses[row] = predicted, loss
         self._update(step.loss)
+        if self.config.head.drift_compensation == "sdc" and step.loss.requires_grad:
+            self._compensate(step, images if len(rows) == images.shape[0] else images[rows])
         self._observe(step, targets)
         return LearnResult(predictions, step.loss.item(), dict(sorted(rejected.items())), sample_losses, features)
 
@@ -146,8 +151,13 @@ class Learner:
             pooled = self._pooled(images)
         pooled = pooled.float()
         features["head"] = pooled.detach()
-        logits = self.head(pooled, len(self.classes))
-        predicted = logits[:, :known].argmax(dim=1).tolist() if known else [None] * len(targets)
+        logits = self.trainer(pooled, len(self.classes))
+        if self.trainer is not self.head:
+            with torch.no_grad():
+                scores = self.head(pooled.detach(), known)
+        else:
+            scores = logits.detach()
+        predicted = scores[:, :known].argmax(dim=1).tolist() if known else [None] * len(targets)
         per_sample = F.cross_entropy(self._train_mask(logits), targets, reduction="none")
         labels = [self.classes[i] if i is not None else None for i in predicted]
         return _Step(labels, per_sample, per_sample.mean(), dict(features))
@@ -168,10 +178,24 @@ class Learner:
         self.updates += 1
 
     @torch.no_grad()
+    def _compensate(self, step: _Step, images: torch.Tensor) -> None:
+        """Semantic drift compensation: the step just moved the features; move the stored class means with
+        them, estimated from the batch, and let the batch itself be observed at its new features."""
+        with self._autocast():
+            after = self._pooled(images).float()
+        before = step.features["head"]
+        for module in {id(self.head): self.head, id(self.trainer): self.trainer}.values():
+            if hasattr(module, "compensate"):
+                module.compensate(before, after - before)
+        step.features["head"] = after
+
+    @torch.no_grad()
     def _observe(self, step: _Step, targets: torch.Tensor) -> None:
         for space in self.spaces:
             space.accumulate(self._subsample_tokens(step.features[space.name]))
         self.head.observe(step.features["head"], targets)
+        if self.trainer is not self.head:
+            self.trainer.observe(step.features["head"], targets)
         self.samples_learned += len(targets)
 
     # ----------------------------------------------------------------------------------------------------
@@ -227,6 +251,7 @@ class Learner:
             "layout": self.layout,
             "pet": {name: p.detach().clone() for name, p in self.pet_parameters.items()},
             "head": {k: v.detach().clone() for k, v in self.head.state_dict().items()},
+            "trainer": {k: v.detach().clone() for k, v in _extra(self.trainer, self.head, "state_dict")},
             "classes": list(self.classes),
             "segment_classes": sorted(self.segment_classes),
             "optimizer": _clone(self.optimizer.state_dict()),
@@ -255,6 +280,7 @@ class Learner:
             log.warning("learner state records no config: its layout is not verified")
             return
         mine = self.layout
+        recorded = {**_LAYOUT_DEFAULTS, **recorded}  # a field newer than the state: it was made at its default
         differences = {key: (recorded.get(key, UNSET), mine.get(key, UNSET)) for key in {**recorded, **mine}
                        if recorded.get(key, UNSET) != mine.get(key, UNSET)}
         if "learner.pet.kind" in differences:  # another paradigm: its options differ as a matter of course
@@ -276,6 +302,8 @@ class Learner:
             with torch.no_grad():
                 _load_tensors(self.pet_parameters, state["pet"], "pet")
                 self.head.load_state_dict(state["head"])
+                if self.trainer is not self.head:
+                    self.trainer.load_state_dict(state["trainer"])
             missing = {s.name for s in self.spaces} ^ set(state["spaces"])
             if missing:
                 raise CheckpointError(f"protected spaces differ from the checkpoint's: {sorted(missing)}")
@@ -357,6 +385,22 @@ class _Step:
     features: dict[str, torch.Tensor]
 
 
+def _trainer(config: HeadConfig, head: torch.nn.Module, dim: int, seed: int) -> torch.nn.Module:
+    """The module whose logits the PET's loss reads (`head.train_through`): the head itself, or a head of
+    another kind kept beside it, observing the same features."""
+    if config.train_through == "head" or config.train_through == config.kind:
+        return head
+    return build_head(config.model_copy(update={"kind": config.train_through}), dim, seed=seed,
+                      linear_dtype=MASTER_DTYPE)
+
+
+def _extra(trainer: torch.nn.Module, head: torch.nn.Module, what: str) -> list:
+    """`trainer.parameters()` or `trainer.state_dict().items()` as a list, empty when the trainer is the head."""
+    if trainer is head:
+        return []
+    return list(trainer.parameters()) if what == "parameters" else list(trainer.state_dict().items())
+
+
 def _nonfinite_rows(images: torch.Tensor) -> list[int]:
     if torch.isfinite(images.sum()):  # one reduction for the common case (any NaN or inf makes the sum so)
         return []
@@ -397,7 +441,7 @@ UNSET = "<unset>"
 _LAYOUT_SECTIONS = ("backbone", "pet", "head")
 _NOT_LAYOUT = {  # settings that may change between runs; the digest covers the weights the backbone sources give
     "backbone": {"pretrained", "checkpoint_path", "attention"},
-    "head": {"lr_scale", "ncm_temperature", "train_mask", "slda_shrinkage"},  # shrinkage: applied at solve time
+    "head": {"lr_scale", "ncm_temperature", "train_mask", "slda_shrinkage", "drift_compensation"},  # applied per step
 }
 _LAYOUT_FIELDS = ("projection.enabled", "projection.protect_head", "projection.prefix_per_head", "optimizer.name")
 
@@ -412,6 +456,10 @@ def config_layout(config: Mapping[str, Any]) -> dict[str, Any]:
         layout[f"learner.{path}"] = config[section][name]
     layout["learner.seed"] = config["seed"]  # it draws a random backbone, and seeds every later consolidation
     return layout
+
+
+# Layout fields with the value every earlier state had (added since, defaulting to what was done before).
+_LAYOUT_DEFAULTS = {"learner.head.train_through": "head"}
 
 
 def weights_digest(model: torch.nn.Module) -> str:
