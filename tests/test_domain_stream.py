@@ -109,3 +109,21 @@ def test_eval_on_a_tiny_domain_stream_writes_a_t_by_t_matrix(cifar10_dir, tmp_pa
     assert rows[0] == ["after", "seg0", "seg1", "seg2"] and len(rows) == 4
     for i, row in enumerate(rows[1:]):  # lower triangle measured, the rest not yet seen
         assert all(row[1 : i + 2]) and not any(row[i + 2 :])
+
+
+def test_evidence_s3_suite_runs_each_paradigm_plain_and_pegp_on_the_domain_stream(cifar10_dir, tmp_path):
+    from benchmarks import evidence
+
+    runs = {r.key: r.config for r in evidence.plan(["s3", "frozen-heads"], [0], ["lora"], True, None, 150, 50)}
+    assert {"s3/lora/plain", "s3/lora/pegp", *(f"frozen-s3/none/{h}" for h in evidence.FROZEN_HEADS)} <= set(runs)
+    for key in ("s3/lora/pegp", "frozen-s3/none/slda"):
+        assert runs[key]["stream"]["corruptions"] == list(evidence.S3_CORRUPTIONS)
+        assert runs[key]["stream"]["split"] == "test" and runs[key]["drift"] == {}
+    args = ["run", "--quick", "--suites", "s3", "--seeds", "0", "--paradigms", "lora", "--workers", "1",
+            "--limit-per-class", "2", "--test-limit-per-class", "2", "--set", f"stream.data_dir={cifar10_dir}",
+            "--out", str(tmp_path)]
+    assert evidence.main(args) == 0
+    for variant in ("plain", "pegp"):
+        result = json.loads((tmp_path / "s3" / "lora" / variant / "seed0" / "result.json").read_text())
+        assert result["segments"] == len(evidence.S3_CORRUPTIONS) and len(result["matrix"]) == result["segments"]
+    assert (tmp_path / "forgetting-s3.png").is_file()
