@@ -2,13 +2,16 @@
 references and the head variants, each over several seeds through `pegp_stream.eval_run` (what
 `pegp-stream eval` runs).
 
-    python -m benchmarks.evidence run    [--suites heads,s1,s2,refs,frozen-heads] [--seeds 0,1,2] [--workers 2]
+    python -m benchmarks.evidence run    [--suites heads,s1,s2,s3,refs,frozen-heads] [--seeds 0,1,2] [--workers 2]
                                          [--quick]
     python -m benchmarks.evidence report [--out DIR]
 
 Streams (docs/method.md section 7 metrics; RESULTS.md says what was run):
 - S1: Split-MNIST (5 segments of 2 digits) then Split-Fashion-MNIST (5 of 2 classes); markers on.
 - S2: the same task-free: no markers, blurry boundaries (10%), boundaries from a drift detector.
+- S3: domain-incremental: all 10 CIFAR-10 classes in each of 5 segments, each segment its own disjoint pool
+  of CIFAR-10 *test* images (the backbone was pretrained on the train split) corrupted with one
+  `imagecorruptions` type (S3_CORRUPTIONS); per class and segment 150 learned and 50 held out at most.
 Every run's folder holds result.json, matrix.csv, curve.csv and its plots; `run` skips runs already
 done (a killed grid resumes), `report` aggregates mean and spread over seeds into summary.csv / summary.md
 and draws forgetting per paradigm.
@@ -47,8 +50,9 @@ HEADS: dict[str, dict[str, Any]] = {
 }
 GRID_HEAD = "ncm"
 # Issue 10: the frozen-backbone references with the second-order heads (exact in one pass, no SGD), each on
-# S1 and S2; run folders frozen-s1/none/<head> and frozen-s2/none/<head>. Not here: ridge with 2048 random
-# features (RanPAC's form), 516 s of training per run at 150 samples per class on 2 shared cores (5.8 rec/s).
+# S1, S2 and S3; run folders frozen-s1/none/<head>, frozen-s2/none/<head> and frozen-s3/none/<head>. Not here:
+# ridge with 2048 random features (RanPAC's form), 516 s of training per run at 150 samples per class on 2 shared
+# cores (5.8 rec/s).
 FROZEN_HEADS: dict[str, dict[str, Any]] = {
     "ncm": {"head": {"kind": "ncm"}},
     "slda": {"head": {"kind": "slda"}},
@@ -58,10 +62,26 @@ FROZEN_HEADS: dict[str, dict[str, Any]] = {
 # same batches a prefix moves ~150x and a prompt ~30x less than an adapter at equal lr (measured on digits),
 # and at lr 0.01 adapters and LoRA wrecked the backbone's features with or without projection (RESULTS.md).
 LEARNING_RATES = {"none": 0.001, "prompt": 0.01, "prefix": 0.1, "adapter": 0.001, "lora": 0.001}
+# S3's segments in stream order, one corruption family each (noise, blur, weather, digital x2), at severity 3 of
+# 5 (ImageNet-C's middle; the package's severities are sized for 224 px and harsher at 32). Frozen backbone
+# (the committed CIFAR-10 ViT, pet none), one corruption alone, 150 learned / 50 held out per class, seed 0:
+#
+#   corruption        ncm sev1  ncm sev3  slda sev3      others at sev 1 / 3 (ncm)
+#   gaussian_noise    0.560     0.470     0.442          shot_noise 0.538 / 0.438, speckle_noise 0.568 / 0.460
+#   motion_blur       0.536     0.454     0.480          defocus_blur 0.486 / 0.416, zoom_blur 0.580 / 0.568
+#   snow              0.556     0.482     0.494          frost 0.504 / 0.398, spatter 0.568 / 0.572
+#   contrast          0.490     0.356     0.478          brightness 0.588 / 0.506, saturate 0.550 / 0.562
+#   pixelate          0.590     0.532     0.520          jpeg_compression 0.580 / 0.556, elastic 0.542 / 0.520
+#   (clean images: ncm 0.590, slda 0.592; chance 0.100)
+#
+# So every segment keeps the frozen model at 3.5x chance or more while moving it 6-23 points from clean. The
+# whole S3 (seed 0, frozen-s3): ncm A 0.382 (contrast's segment 0.250 at the end), slda A 0.453.
+S3_CORRUPTIONS = ("gaussian_noise", "motion_blur", "snow", "contrast", "pixelate")
+S3_SEVERITY = 3
 DETECTOR = {"kind": "page_hinkley"}  # S2: the prequential loss jumps when unseen classes arrive
 JOINT_EPOCHS = 3
 JOINT_LINEAR_HEAD_LR = 0.01  # the joint reference's linear head (the PET keeps its paradigm's rate)
-SUITES = ("heads", "s1", "s2", "refs", "frozen-heads")
+SUITES = ("heads", "s1", "s2", "s3", "refs", "frozen-heads")
 
 
 @dataclass(frozen=True)
@@ -82,11 +102,16 @@ class Run:
         return out / self.suite / self.paradigm / self.variant / f"seed{self.seed}"
 
 
-def stream(task_free: bool, seed: int, quick: bool, limit: int) -> dict[str, Any]:
+def stream(kind: str, seed: int, quick: bool, limit: int) -> dict[str, Any]:
+    """The StreamConfig mapping of stream `kind` ("s1", "s2" or "s3"); --quick changes S1 and S2 to digits
+    (S3 needs images of at least 32 px, so it stays on CIFAR-10)."""
+    if kind == "s3":  # S3's pools hold 150 training rows per class and segment: a larger limit changes nothing
+        return {"datasets": ["cifar10"], "split": "test", "corruptions": list(S3_CORRUPTIONS),
+                "severity": S3_SEVERITY, "limit_per_class": limit or None, "seed": seed}
     datasets = ["digits"] if quick else ["mnist", "fashion_mnist"]
     config: dict[str, Any] = {"datasets": datasets, "classes_per_segment": 2, "limit_per_class": limit or None,
                               "seed": seed}
-    if task_free:
+    if kind == "s2":
         config |= {"markers": False, "blurry": 0.1}
     return config
 
@@ -112,32 +137,31 @@ def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], 
     runs: list[Run] = []
 
     def add(suite: str, paradigm: str, variant: str, seed: int, *, projected: bool, head: str = GRID_HEAD,
-            task_free: bool = False, head_lr: float | None = None, **extra: Any) -> None:
+            kind: str = "s1", head_lr: float | None = None, **extra: Any) -> None:
         spec = learner(paradigm, projected, head, seed, quick, backbone)
         if head_lr is not None:  # a new tree: `spec` shares its head section with HEADS
             spec = merge_tree(spec, {"head": {"lr_scale": head_lr / LEARNING_RATES[paradigm]}})
         config = {
             "name": f"{suite}/{paradigm}/{variant}/seed{seed}",
             "learner": spec,
-            "stream": stream(task_free, seed, quick, limit), "test_limit_per_class": test_limit,
-            "drift": {"detector": DETECTOR} if task_free else {}, **extra,
+            "stream": stream(kind, seed, quick, limit), "test_limit_per_class": test_limit,
+            "drift": {"detector": DETECTOR} if kind == "s2" else {}, **extra,
         }
         runs.append(Run(suite, paradigm, variant, seed, merge_tree(config, common)))
 
     for seed in seeds:
         if "frozen-heads" in suites:
-            for suite in ("frozen-s1", "frozen-s2"):
+            for suite in ("frozen-s1", "frozen-s2", "frozen-s3"):
                 for head in FROZEN_HEADS:
-                    add(suite, "none", head, seed, projected=False, head=head, task_free=suite == "frozen-s2")
+                    add(suite, "none", head, seed, projected=False, head=head, kind=suite.removeprefix("frozen-"))
         if "heads" in suites:
             for head in HEADS:
                 add("heads", "adapter", head, seed, projected=True, head=head)
-        for suite in ("s1", "s2"):
+        for suite in ("s1", "s2", "s3"):
             if suite in suites:
                 for paradigm in paradigms:
                     for projected in (False, True):
-                        add(suite, paradigm, "pegp" if projected else "plain", seed, projected=projected,
-                            task_free=suite == "s2")
+                        add(suite, paradigm, "pegp" if projected else "plain", seed, projected=projected, kind=suite)
         if "refs" in suites:
             add("refs", "none", "frozen-linear", seed, projected=False, head="linear-free")
             add("refs", "none", "frozen-ncm", seed, projected=False, head="ncm")
@@ -296,7 +320,7 @@ def report(out: Path) -> int:
     if checks:
         print()
         print(format_table(checks, list(checks[0])))
-    for suite in ("s1", "s2"):
+    for suite in ("s1", "s2", "s3"):
         chosen = [r for r in rows if r["suite"] == suite]
         if chosen:
             plot_forgetting(chosen, out / f"forgetting-{suite}.png", f"{suite.upper()}: forgetting per paradigm")

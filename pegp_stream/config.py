@@ -33,6 +33,7 @@ from pydantic import (
 from .drift import DriftConfig
 from .errors import ConfigError
 from .schema import Fraction, Frozen, Positive, section_by_kind
+from .stream.corrupt import CORRUPTIONS
 from .stream.decode import DecodeLimits
 
 T = TypeVar("T", bound=BaseModel)
@@ -275,7 +276,8 @@ def to_config(model: type[T], value: T | Mapping[str, Any] | None) -> T:
 
 
 class StreamConfig(Frozen):
-    """A labelled, class-incremental stream built from data sets (what `produce` sends and `replay` reads)."""
+    """A labelled stream built from data sets (what `produce` sends and `replay` reads): class-incremental,
+    or domain-incremental when `corruptions` is set (every class in every segment, the input drifting)."""
 
     datasets: tuple[str, ...] = Field(("digits",), min_length=1, description="data sets, streamed one after another")
     data_dir: str | None = Field(None, description=(
@@ -288,7 +290,24 @@ class StreamConfig(Frozen):
     limit_per_class: int | None = Field(None, ge=1, description="cap on samples per class")
     markers: bool = Field(True, description="send the segment id with each record (explicit boundaries)")
     seed: int = Field(0, description="seeds the class order (if shuffled), the per-class subsets, the sample "
-                      "order and the blurry mixing")
+                      "order, the blurry mixing and the corruption noise")
+    corruptions: tuple[str, ...] = Field((), description=(
+        "domain-incremental when set: one segment per listed corruption type of the imagecorruptions package "
+        "(the bench extra), every class in every segment, each segment from its own disjoint pool of each "
+        "class's rows of `split`, corrupted; classes_per_segment and shuffle_classes are unused. Types: "
+        + ", ".join(CORRUPTIONS)))
+    severity: int = Field(1, ge=1, le=5, description="strength of every corruption (the package's 1-5)")
+    holdout: Fraction = Field(0.25, description=(
+        "domain streams: share of each segment's pool held out for `eval`'s test data (a class-incremental "
+        "stream's test data is the test split instead)"))
+
+    @field_validator("corruptions")
+    @classmethod
+    def _known_corruptions(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in names if name not in CORRUPTIONS]
+        if unknown:
+            raise ValueError(f"unknown corruption {', '.join(map(repr, unknown))}; valid: {', '.join(CORRUPTIONS)}")
+        return names
 
 
 class ReplayConfig(Frozen):

@@ -29,7 +29,7 @@ from .head import build_head
 from .learner import Learner, create_learner
 from .replay_run import segment_batches
 from .stream.preprocess import to_model_input
-from .stream.replay import LabelledStream, StreamRecord, build_stream
+from .stream.replay import LabelledStream, StreamRecord, build_stream, build_test_stream
 
 CURVE_EVERY = 100  # records between points of the prequential curve
 
@@ -98,8 +98,7 @@ def run_eval(
 ) -> EvalResult:
     learner = learner or create_learner(config.learner)
     train = build_stream(config.stream)
-    test = build_stream(config.stream.model_copy(update={
-        "split": "test", "blurry": 0.0, "limit_per_class": config.test_limit_per_class}))
+    test = build_test_stream(config.stream, config.test_limit_per_class)
     tests = _test_sets(test, learner, config.eval_batch_size)
     if config.joint_epochs:
         return _run_joint(config, learner, train, tests, log)

@@ -1,7 +1,9 @@
 """Ordered, segmented streams over a labelled data set: what a producer sends and a benchmark replays.
 
 A schedule is a list of `StreamItem`s, one per sample, in stream order. Its `segment`s are the tasks of a
-class-incremental stream (each segment introduces new classes); `segment_boundaries` says where they begin.
+class-incremental stream (each segment introduces new classes) or of a domain-incremental one (every segment
+holds every class, from its own pool of rows, which the caller transforms per segment);
+`segment_boundaries` says where they begin.
 
 Example (two classes per segment, seeded order):
 
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["StreamItem", "class_incremental_schedule", "concat_schedules", "segment_boundaries"]
+__all__ = [
+    "StreamItem", "class_incremental_schedule", "concat_schedules", "domain_incremental_schedule", "segment_boundaries",
+]
 
 MAX_BLURRY = 0.5
 
@@ -86,6 +90,54 @@ def class_incremental_schedule(
         StreamItem(index=int(row), label=int(label_array[row]), segment=int(segment), position=position)
         for position, (row, segment) in enumerate(zip(rows, segments, strict=True))
     ]
+
+
+def domain_incremental_schedule(
+    labels: np.ndarray | Sequence[int],
+    segments: int,
+    holdout: float,
+    heldout: bool = False,
+    seed: int = 0,
+    blurry: float = 0.0,
+    limit_per_class: int | None = None,
+) -> list[StreamItem]:
+    """A domain-incremental stream: `segments` segments, each holding every class present in `labels`.
+
+    Each class's rows are dealt, in a seeded random order, into `segments` disjoint pools of equal size
+    (``n_class // segments``; the remainder is never used). Segment k's pool splits into a training part and
+    a held-out part, the last ``round(holdout * pool)`` rows. The schedule holds the training parts, or with
+    `heldout` the held-out parts; the pools depend only on `labels`, `segments`, `holdout` and `seed`, so the
+    two schedules of one seed never share a row. `limit_per_class` keeps a seeded random subset of that many
+    rows per class and segment. Order within a segment and `blurry` are as in `class_incremental_schedule`.
+    Items have source 0 and `index` = row in `labels`. Raises ValueError for invalid arguments.
+    """
+    label_array = _checked_labels(labels)
+    _check_schedule_arguments(1, blurry, limit_per_class)
+    if segments < 1 or not 0.0 < holdout < 1.0:
+        raise ValueError(f"need segments >= 1 and holdout in (0, 1), got segments={segments} holdout={holdout}")
+    rng = np.random.default_rng(seed)
+    parts = [_domain_pools(label_array, c, segments, holdout, heldout, rng) for c in np.unique(label_array)]
+    segment_rows = [rng.permutation(np.concatenate([pools[k][:limit_per_class] for pools in parts]))
+                    for k in range(segments)]
+    rows, owners = _blurred_order(segment_rows, blurry, rng)
+    return [
+        StreamItem(index=int(row), label=int(label_array[row]), segment=int(segment), position=position)
+        for position, (row, segment) in enumerate(zip(rows, owners, strict=True))
+    ]
+
+
+def _domain_pools(
+    labels: np.ndarray, label: int, segments: int, holdout: float, heldout: bool, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Per segment, the training (or `heldout`) part of class `label`'s pool, in seeded random order."""
+    rows = rng.permutation(np.flatnonzero(labels == label))
+    size = len(rows) // segments
+    held = round(holdout * size)
+    if held < 1 or held >= size:
+        raise ValueError(f"class {label}: {len(rows)} rows in {segments} pools of {size} leave no training or "
+                         f"no held-out row at holdout={holdout}")
+    pools = [rows[k * size : (k + 1) * size] for k in range(segments)]
+    return [pool[size - held :] if heldout else pool[: size - held] for pool in pools]
 
 
 def _checked_labels(labels: np.ndarray | Sequence[int]) -> np.ndarray:
