@@ -58,28 +58,28 @@ def avalanche_slda(dim: int, classes: int, shrinkage: float) -> Any:
 
 
 class FrozenFeatures:
-    """Pooled features of the frozen backbone, computed once per (data set part, row) and reused across the
-    streams of a seed (S1 and S2 hold the same samples in another order)."""
+    """Pooled features of the frozen backbone, computed once per sample (split, data set, row) and reused across
+    the streams of a seed (S1 and S2 hold the same samples in another order)."""
 
     def __init__(self, learner: Any) -> None:
         self.learner = learner
-        self.cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.cache: dict[tuple[str, str, int], torch.Tensor] = {}
 
-    def of(self, stream: Any) -> tuple[torch.Tensor, list[str], list[int]]:
-        """(features in stream order, labels, segments) of a LabelledStream."""
+    def of(self, stream: Any, split: str) -> tuple[torch.Tensor, list[str], list[int]]:
+        """(features in stream order, labels, segments) of a LabelledStream read from `split`."""
         from pegp_stream.stream.preprocess import to_model_input
 
         spec = self.learner.input_config
-        missing = [item for item in stream.items if (item.source, item.index) not in self.cache]
+        keys = [(split, stream.parts[item.source].name, item.index) for item in stream.items]
+        missing = [(key, item) for key, item in zip(keys, stream.items, strict=True) if key not in self.cache]
         for start in range(0, len(missing), FEATURE_BATCH):
             chunk = missing[start : start + FEATURE_BATCH]
-            images = to_model_input([stream.record(i).image for i in chunk], spec["input_size"], spec["mean"],
-                                    spec["std"])
-            for item, row in zip(chunk, self.learner.features(images), strict=True):
-                self.cache[item.source, item.index] = row
+            images = to_model_input([stream.record(item).image for _, item in chunk], spec["input_size"],
+                                    spec["mean"], spec["std"])
+            for (key, _), row in zip(chunk, self.learner.features(images), strict=True):
+                self.cache[key] = row
         records = [stream.record(item) for item in stream.items]
-        features = torch.stack([self.cache[item.source, item.index] for item in stream.items])
-        return features, [r.label for r in records], [r.segment for r in records]
+        return torch.stack([self.cache[key] for key in keys]), [r.label for r in records], [r.segment for r in records]
 
 
 def compare(train: tuple, tests: Sequence[tuple[torch.Tensor, list[str]]], shrinkage: float) -> dict[str, Any]:
@@ -192,9 +192,9 @@ def run(args: argparse.Namespace, backbone: Path | None) -> int:
         for name, task_free in (("S1", False), ("S2", True)):
             started = time.perf_counter()
             config = to_config(StreamConfig, stream(task_free, seed, args.quick, args.limit_per_class))
-            train = frozen.of(build_stream(config))
+            train = frozen.of(build_stream(config), "train")
             test = frozen.of(build_stream(config.model_copy(update={
-                "split": "test", "blurry": 0.0, "limit_per_class": args.test_limit_per_class})))
+                "split": "test", "blurry": 0.0, "limit_per_class": args.test_limit_per_class})), "test")
             row = {"stream": name, "seed": seed, **compare(train, test_sets(*test), shrinkage)}
             rows.append(row | {"seconds": time.perf_counter() - started})
             progress(f"{name} seed {seed}: agree {row['agree']:.4f}, acc ours {row['acc_ours']:.4f} "
