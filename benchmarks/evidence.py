@@ -5,6 +5,7 @@ references and the head variants, each over several seeds through `pegp_stream.e
     python -m benchmarks.evidence run    [--suites heads,s1,s2,s3,refs,frozen-heads] [--seeds 0,1,2] [--workers 2]
                                          [--quick]
     python -m benchmarks.evidence report [--out DIR]
+    python -m benchmarks.evidence slda-peer [--seeds 0,1,2] [--shrinkage S] [--quick]   (benchmarks/slda_peer.py)
 
 Streams (docs/method.md section 7 metrics; RESULTS.md says what was run):
 - S1: Split-MNIST (5 segments of 2 digits) then Split-Fashion-MNIST (5 of 2 classes); markers on.
@@ -329,7 +330,7 @@ def report(out: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.evidence", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("command", choices=["run", "report", "slda-peer"])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--suites", default=",".join(SUITES), help="comma-separated: " + ", ".join(SUITES))
     parser.add_argument("--seeds", default="0,1,2")
@@ -348,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="override an EvalConfig key in every run (repeatable), e.g. learner.projection.eps=0.99")
     parser.add_argument("--quick", action="store_true",
                         help="tiny random ViT on scikit-learn digits: checks the pipeline in seconds")
+    parser.add_argument("--shrinkage", type=float, default=None,
+                        help="slda-peer: the shrinkage of both LDAs (default: learner.head.slda_shrinkage's)")
     args = parser.parse_args(argv)
     if args.command == "report":
         return report(args.out)
@@ -358,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     backbone = args.backbone or (None if args.quick else BACKBONE_FILE)
     if backbone is not None and not backbone.exists():
         parser.error(f"backbone {backbone} not found (see benchmarks/assets/README.md to rebuild it)")
+    if args.command == "slda-peer":
+        from . import slda_peer
+
+        return slda_peer.run(args, backbone)
     runs = plan(suites, [int(s) for s in args.seeds.split(",")], args.paradigms.split(","), args.quick, backbone,
                 args.limit_per_class, args.test_limit_per_class, args.overrides)
     variants = {v for v in args.variants.split(",") if v}
