@@ -9,7 +9,7 @@ import torch
 from conftest import digits_segment, tiny_config
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from pegp_stream import create_learner
+from pegp_stream import StateMismatchError, create_learner
 from pegp_stream.checkpoint import decode_state, encode_state
 from pegp_stream.config import HeadConfig
 from pegp_stream.head import RIDGE_GRID, RidgeHead, StreamingLDAHead, build_head
@@ -196,3 +196,76 @@ def test_a_pet_trains_through_the_head(name, digits_backbone):
     fresh = create_learner(config)
     assert any(not torch.equal(p, fresh.pet_parameters[n]) for n, p in learner.pet_parameters.items())
     assert accuracy > 0.6  # measured 0.69 (slda), 0.90 (ridge); at the default lr 0.01 the PET ruins slda (~0.37)
+
+
+# ------------------------------------------------------------------------------------------------ train_through
+
+
+@pytest.mark.parametrize("through", ["ncm", "linear"])
+def test_the_pet_trains_through_a_second_head_while_the_first_predicts(through):
+    config = tiny_config("adapter", head={"kind": "slda", "train_through": through}, optimizer={"lr": 0.01})
+    learner = create_learner(config)
+    images, labels = digits_segment((0, 1, 2), 60)
+    for start in range(0, 60, 10):
+        learner.learn_many(images[start : start + 10], labels[start : start + 10])
+    fresh = create_learner(config)
+    assert any(not torch.equal(p, fresh.pet_parameters[n]) for n, p in learner.pet_parameters.items())
+    assert learner.trainer is not learner.head and int(learner.head.counts.sum()) == 60
+    logits = learner.head(learner.features(images), len(learner.classes))
+    assert learner.predict_many(images).labels == [learner.classes[i] for i in logits.argmax(1).tolist()]
+    state = decode_state(encode_state(learner.state_dict()))
+    fresh.load_state_dict(state)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.trainer.state_dict().values(),
+                                                 learner.trainer.state_dict().values(), strict=True))
+    with pytest.raises(StateMismatchError, match="learner.head.train_through"):
+        create_learner(tiny_config("adapter", head={"kind": "slda"})).load_state_dict(state)
+
+
+def test_a_state_from_before_train_through_loads_as_training_through_the_head():
+    learner = create_learner(tiny_config("adapter", head={"kind": "slda"}))
+    state = learner.state_dict()
+    state["layout"] = {k: v for k, v in state["layout"].items() if k != "learner.head.train_through"}
+    state.pop("trainer")
+    create_learner(tiny_config("adapter", head={"kind": "slda"})).load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------------ drift compensation
+
+
+@pytest.mark.parametrize("name", ["slda", "ncm"])
+def test_compensation_of_a_uniform_shift_moves_every_mean_by_it_and_keeps_predictions(name):
+    head = make_head("slda") if name == "slda" else build_head(
+        HeadConfig(kind="ncm", max_classes=CAPACITY), DIM, seed=3, linear_dtype=torch.float64)
+    features, labels = gaussian_stream()
+    feed(head, features, labels, 50)
+    means, shift = head.means.clone(), torch.randn(DIM) * 0.01  # a small move: cosine NCM is not translation-free
+    before = head(features, CLASSES).argmax(1)
+    scatter = head.scatter.clone() if name == "slda" else None
+    head.compensate(features[:40], shift.expand(40, DIM))
+    assert torch.allclose(head.means[:CLASSES], (means[:CLASSES] + shift).to(head.means.dtype), atol=1e-6)
+    assert not head.means[CLASSES:].any()  # unseen classes stay silent
+    if name == "slda":  # LDA is translation-invariant: the same decisions on the shifted features
+        assert torch.equal(head.scatter, scatter)
+        assert torch.equal(head(features + shift, CLASSES).argmax(1), before)
+
+
+def test_compensated_means_follow_the_features_a_step_moved():
+    """Two steps on two classes; the first gives the trainer class means to train through, the second moves
+    the features. With compensation the stored means are much nearer the means of every sample seen so far at
+    the features the learner has now (the second batch is observed at its new features, the first one's means
+    are moved by the estimated drift) than without."""
+    images, labels = digits_segment((3, 4), 20)
+    errors = {}
+    for compensation in ("none", "sdc"):
+        learner = create_learner(tiny_config("adapter", optimizer={"lr": 0.05}, head={
+            "kind": "slda", "train_through": "ncm", "drift_compensation": compensation}))
+        learner.learn_many(images[:10], labels[:10])
+        old = learner.features(images)
+        learner.learn_many(images[10:], labels[10:])
+        now = learner.features(images)
+        assert not torch.allclose(old, now)  # the second step moved the features
+        truth = torch.stack([now[[y == c for y in labels]].mean(0) for c in learner.classes])
+        errors[compensation] = [float((module.means[:2].float() - truth).norm())
+                                for module in (learner.head, learner.trainer)]
+    print(errors)
+    assert all(sdc < 0.5 * none for sdc, none in zip(errors["sdc"], errors["none"], strict=True))
