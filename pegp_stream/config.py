@@ -144,7 +144,8 @@ class ProjectionConfig(Frozen):
     """PEGP gradient projection and basis growth (docs/method.md sections 1 and 3)."""
 
     enabled: bool = Field(True, description="False gives the unprojected baseline")
-    eps: Fraction = Field(0.95, description="energy threshold for d-dimensional feature spaces")
+    eps: Fraction = Field(0.999, description="energy threshold for d-dimensional feature spaces (0.999: segments "
+                          "of 12 000 samples need it, benchmarks/RESULTS.md 'Full-size S1')")
     eps_bottleneck: Fraction = Field(
         0.8, description="energy threshold for r-dimensional spaces (adapter up, LoRA B), which fill fast"
     )
@@ -177,21 +178,22 @@ class HeadConfig(Frozen):
     """Class-incremental classifier over the pooled feature (docs/method.md section 5)."""
 
     kind: Literal["linear", "ncm", "slda", "ridge"] = Field(
-        "ncm", description="nearest-class-mean (the default, chosen by benchmarks/RESULTS.md: on class-incremental "
-        "streams every linear variant lost old classes or could not learn new ones), linear, slda (streaming LDA: "
-        "class means and one shared covariance) or ridge (RanPAC-style ridge regression on the Gram matrix, "
-        "lambda by generalised cross-validation); slda and ridge are exact in one pass and order-free",
+        "slda", description="slda (the default: streaming LDA, class means and one shared covariance; on the frozen "
+        "backbone 26 points above ncm on S1 and S2, benchmarks/RESULTS.md), ncm (cosine nearest class mean), ridge "
+        "(RanPAC-style ridge regression on the Gram matrix, lambda by generalised cross-validation) or linear; "
+        "slda and ridge are exact in one pass and order-free",
     )
     max_classes: Positive = Field(1024, description="label capacity; a label beyond it is rejected")
     drift_compensation: Literal["none", "sdc"] = Field(
-        "none", description="sdc: after each step, move the stored class means (ncm, slda) by how the step moved "
+        "sdc", description="sdc: after each step, move the stored class means (ncm, slda) by how the step moved "
         "the features of the batch's samples nearest to them (semantic drift compensation, Yu et al. 2020); costs "
         "one more forward per step without gradient",
     )
-    train_through: Literal["head", "ncm", "linear"] = Field(
-        "head", description="what the PET's loss reads: the predicting head's own logits (head), cosine logits on "
+    train_through: Literal["auto", "head", "ncm", "linear"] = Field(
+        "auto", description="what the PET's loss reads: the predicting head's own logits (head), cosine logits on "
         "running class means kept beside the head (ncm), or a linear classifier trained beside it by the optimizer "
-        "(linear, not protected, used for nothing else); predictions always come from `kind`",
+        "(linear, not protected, used for nothing else); predictions always come from `kind`. auto: ncm for slda "
+        "and ridge (through their own logits every moving PET collapsed, benchmarks/RESULTS.md), else head",
     )
     train_mask: Literal["none", "segment"] = Field(
         "none", description="'segment': training logits are masked to the labels seen in the current "
@@ -204,6 +206,18 @@ class HeadConfig(Frozen):
     ridge_random_features: int = Field(0, ge=0, description="ridge: width M of the fixed random projection "
                                        "ReLU(x P) before the ridge head (RanPAC); 0 = none, the head reads the "
                                        "pooled feature. The Gram matrix is M x M float64")
+
+    @property
+    def trainer(self) -> str:
+        """`train_through` resolved: "head", or the kind of head kept beside it for the loss."""
+        return trainer_kind(self.kind, self.train_through)
+
+
+def trainer_kind(kind: str, train_through: str) -> str:
+    """What the PET's loss reads for a head of `kind` (see HeadConfig.train_through): "head" or a head kind."""
+    if train_through == "auto":
+        train_through = "ncm" if kind in ("slda", "ridge") else "head"
+    return "head" if train_through == kind else train_through
 
 
 class LearnerConfig(Frozen):

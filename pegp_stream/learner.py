@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.data import resolve_data_config
 
 from .backbone import build_backbone
-from .config import HeadConfig, LearnerConfig, to_config
+from .config import HeadConfig, LearnerConfig, to_config, trainer_kind
 from .errors import CheckpointError, LabelCapacityError, StateMismatchError
 from .head import LinearHead, build_head
 from .pet import attach
@@ -388,10 +388,9 @@ class _Step:
 def _trainer(config: HeadConfig, head: torch.nn.Module, dim: int, seed: int) -> torch.nn.Module:
     """The module whose logits the PET's loss reads (`head.train_through`): the head itself, or a head of
     another kind kept beside it, observing the same features."""
-    if config.train_through == "head" or config.train_through == config.kind:
+    if config.trainer == "head":
         return head
-    return build_head(config.model_copy(update={"kind": config.train_through}), dim, seed=seed,
-                      linear_dtype=MASTER_DTYPE)
+    return build_head(config.model_copy(update={"kind": config.trainer}), dim, seed=seed, linear_dtype=MASTER_DTYPE)
 
 
 def _extra(trainer: torch.nn.Module, head: torch.nn.Module, what: str) -> list:
@@ -454,6 +453,8 @@ def config_layout(config: Mapping[str, Any]) -> dict[str, Any]:
     for path in _LAYOUT_FIELDS:
         section, name = path.split(".")
         layout[f"learner.{path}"] = config[section][name]
+    head = config["head"]  # what the loss reads, resolved: "auto" and an explicit choice of the same are one layout
+    layout["learner.head.train_through"] = trainer_kind(head["kind"], head.get("train_through", "head"))
     layout["learner.seed"] = config["seed"]  # it draws a random backbone, and seeds every later consolidation
     return layout
 

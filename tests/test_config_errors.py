@@ -45,7 +45,7 @@ def test_bad_config_names_the_field(override, field, words):
 def test_defaults_fill_missing_keys():
     learner = create_learner({"backbone": tiny_config("prompt")["backbone"]})
     assert learner.config.pet.kind == "prompt"
-    assert learner.config.projection.enabled and learner.config.projection.eps == 0.95
+    assert learner.config.projection.enabled and learner.config.projection.eps == 0.999
     assert learner.config.optimizer.name == "sgd"
 
 

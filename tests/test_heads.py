@@ -190,7 +190,8 @@ def test_learner_with_the_head_learns_a_digits_stream_on_frozen_features(name, d
 
 @pytest.mark.parametrize("name", ["slda", "ridge"])
 def test_a_pet_trains_through_the_head(name, digits_backbone):
-    config = tiny_config("adapter", head=HEADS[name], backbone={"checkpoint_path": digits_backbone},
+    config = tiny_config("adapter", head={**HEADS[name], "train_through": "head", "drift_compensation": "none"},
+                         backbone={"checkpoint_path": digits_backbone}, projection={"eps": 0.95},
                          optimizer={"lr": 1e-4})
     learner, accuracy = learn_digits(config)
     fresh = create_learner(config)
@@ -218,15 +219,23 @@ def test_the_pet_trains_through_a_second_head_while_the_first_predicts(through):
     assert all(torch.equal(a, b) for a, b in zip(fresh.trainer.state_dict().values(),
                                                  learner.trainer.state_dict().values(), strict=True))
     with pytest.raises(StateMismatchError, match="learner.head.train_through"):
-        create_learner(tiny_config("adapter", head={"kind": "slda"})).load_state_dict(state)
+        create_learner(tiny_config("adapter", head={"kind": "slda", "train_through": "head"})).load_state_dict(state)
 
 
-def test_a_state_from_before_train_through_loads_as_training_through_the_head():
-    learner = create_learner(tiny_config("adapter", head={"kind": "slda"}))
-    state = learner.state_dict()
+@pytest.mark.parametrize("kind", ["ncm", "slda"])
+def test_a_state_from_before_train_through_is_one_that_trained_through_its_head(kind):
+    """States made before `train_through` existed record no such field: they trained through their own head.
+    An ncm state loads under the default (auto: ncm trains through itself); an slda one only with "head"."""
+    state = create_learner(tiny_config("adapter", head={"kind": kind, "train_through": "head"})).state_dict()
     state["layout"] = {k: v for k, v in state["layout"].items() if k != "learner.head.train_through"}
     state.pop("trainer")
-    create_learner(tiny_config("adapter", head={"kind": "slda"})).load_state_dict(state)
+    create_learner(tiny_config("adapter", head={"kind": kind, "train_through": "head"})).load_state_dict(state)
+    default = create_learner(tiny_config("adapter", head={"kind": kind}))
+    if kind == "ncm":
+        default.load_state_dict(state)
+    else:
+        with pytest.raises(StateMismatchError, match="learner.head.train_through: checkpoint has 'head'"):
+            default.load_state_dict(state)
 
 
 # ------------------------------------------------------------------------------------------------ drift compensation
