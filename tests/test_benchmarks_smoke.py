@@ -116,11 +116,14 @@ def test_step_bound_modes_option(tmp_path: Path) -> None:
 
 
 def test_head_cost_quick(tmp_path: Path) -> None:
-    _run("head-cost", tmp_path, "--paradigms", "adapter", "--heads", "ncm,slda,ridge,ridge-16")
+    heads = ("ncm", "slda", "slda+sdc", "ridge", "ridge-16")
+    _run("head-cost", tmp_path, "--paradigms", "adapter", "--heads", ",".join(heads))
     columns, rows = _read(tmp_path / "head_cost.csv")
     assert columns == HEAD_COLUMNS
-    assert [(r["paradigm"], r["head"]) for r in rows] == [("adapter", h) for h in ("ncm", "slda", "ridge", "ridge-16")]
+    assert [(r["paradigm"], r["head"]) for r in rows] == [("adapter", h) for h in heads]
     assert all(r["rejected_rows"] == "0" and float(r["head_share"]) > 0.0 for r in rows)
+    assert [r["head"] for r in rows if r["step_vs_plain"]] == ["slda+sdc"]  # one more forward: a dearer step
+    assert float(next(r for r in rows if r["step_vs_plain"])["step_vs_plain"]) > 0.0
     with pytest.raises(SystemExit):
         bench_core.main(["head-cost", "--quick", "--out", str(tmp_path), "--heads", "linear"])
 
