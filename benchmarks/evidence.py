@@ -41,7 +41,8 @@ BACKBONE = {"name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "em
             "num_heads": 4}
 QUICK_BACKBONE = {"name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2,
                   "num_heads": 4}
-# docs/method.md section 5: the head variants; "ncm" is the one the other suites use (chosen by the heads suite).
+# docs/method.md section 5: the head variants of the heads suite. The s1/s2/s3 grid uses GRID_HEAD at the shipped
+# defaults otherwise (slda since issue 10; the grid's sections in RESULTS.md dated 2026-11-29 ran with ncm).
 HEADS: dict[str, dict[str, Any]] = {
     "linear-protected": {"head": {"kind": "linear"}, "projection": {"protect_head": True}},
     "linear-free": {"head": {"kind": "linear"}, "projection": {"protect_head": False}},
@@ -49,7 +50,7 @@ HEADS: dict[str, dict[str, Any]] = {
     "linear-slow": {"head": {"kind": "linear", "lr_scale": 0.1}, "projection": {"protect_head": False}},
     "ncm": {"head": {"kind": "ncm"}},
 }
-GRID_HEAD = "ncm"
+GRID_HEAD = "slda"
 # Issue 10: the frozen-backbone references with the second-order heads (exact in one pass, no SGD), each on
 # S1, S2 and S3; run folders frozen-s1/none/<head>, frozen-s2/none/<head> and frozen-s3/none/<head>. Not here:
 # ridge with 2048 random features (RanPAC's form), 516 s of training per run at 150 samples per class on 2 shared
