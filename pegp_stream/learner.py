@@ -88,17 +88,21 @@ class Learner:
         dim = self.backbone.num_features
         self.head = build_head(config.head, dim, seed=config.seed, linear_dtype=MASTER_DTYPE)
         self.trainer = _trainer(config.head, self.head, dim, config.seed)
+        # every head that observes the features: the predicting one, and the one the loss reads if another
+        self.heads = [self.head] if self.trainer is self.head else [self.head, self.trainer]
+        compensating = config.head.drift_compensation == "sdc"
+        self._compensated = [head for head in self.heads if compensating and hasattr(head, "compensate")]
         self.input_size = (self.backbone.patch_embed.proj.in_channels, *self.backbone.patch_embed.img_size)
         _choose_attention(self.backbone, config.backbone.attention, self.device, self.autocast_dtype)
         self.backbone.to(self.device)
         self.attachment.modules.to(self.device)
-        self.head.to(self.device)
-        self.trainer.to(self.device)
+        for head in self.heads:
+            head.to(self.device)
         self.pet_parameters = self.attachment.pet_parameters()
         for param in self.pet_parameters.values():
             param.data = param.data.to(MASTER_DTYPE)
         self.spaces = [ProtectedSpace(spec, config.projection, self.device) for spec in self._space_specs()]
-        head_parameters = list(self.head.parameters()) + _extra(self.trainer, self.head, "parameters")
+        head_parameters = [param for head in self.heads for param in head.parameters()]
         self.optimizer = build_optimizer(config, list(self.pet_parameters.values()), head_parameters)
         self.update_projection = build_update_projection(config, self.spaces)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -139,7 +143,7 @@ class Learner:
         for row, predicted, loss in zip(rows, step.predicted, step.per_sample_loss.tolist(), strict=True):
             predictions[row], sample_losses[row] = predicted, loss
         self._update(step.loss)
-        if self.config.head.drift_compensation == "sdc" and step.loss.requires_grad:
+        if self._compensated and step.loss.requires_grad:
             self._compensate(step, images if len(rows) == images.shape[0] else images[rows])
         self._observe(step, targets)
         return LearnResult(predictions, step.loss.item(), dict(sorted(rejected.items())), sample_losses, features)
@@ -184,18 +188,16 @@ class Learner:
         with self._autocast():
             after = self._pooled(images).float()
         before = step.features["head"]
-        for module in {id(self.head): self.head, id(self.trainer): self.trainer}.values():
-            if hasattr(module, "compensate"):
-                module.compensate(before, after - before)
+        for head in self._compensated:
+            head.compensate(before, after - before)
         step.features["head"] = after
 
     @torch.no_grad()
     def _observe(self, step: _Step, targets: torch.Tensor) -> None:
         for space in self.spaces:
             space.accumulate(self._subsample_tokens(step.features[space.name]))
-        self.head.observe(step.features["head"], targets)
-        if self.trainer is not self.head:
-            self.trainer.observe(step.features["head"], targets)
+        for head in self.heads:
+            head.observe(step.features["head"], targets)
         self.samples_learned += len(targets)
 
     # ----------------------------------------------------------------------------------------------------
@@ -251,7 +253,7 @@ class Learner:
             "layout": self.layout,
             "pet": {name: p.detach().clone() for name, p in self.pet_parameters.items()},
             "head": {k: v.detach().clone() for k, v in self.head.state_dict().items()},
-            "trainer": {k: v.detach().clone() for k, v in _extra(self.trainer, self.head, "state_dict")},
+            "trainer": {k: v.detach().clone() for head in self.heads[1:] for k, v in head.state_dict().items()},
             "classes": list(self.classes),
             "segment_classes": sorted(self.segment_classes),
             "optimizer": _clone(self.optimizer.state_dict()),
@@ -302,8 +304,8 @@ class Learner:
             with torch.no_grad():
                 _load_tensors(self.pet_parameters, state["pet"], "pet")
                 self.head.load_state_dict(state["head"])
-                if self.trainer is not self.head:
-                    self.trainer.load_state_dict(state["trainer"])
+                for head in self.heads[1:]:
+                    head.load_state_dict(state["trainer"])
             missing = {s.name for s in self.spaces} ^ set(state["spaces"])
             if missing:
                 raise CheckpointError(f"protected spaces differ from the checkpoint's: {sorted(missing)}")
@@ -391,13 +393,6 @@ def _trainer(config: HeadConfig, head: torch.nn.Module, dim: int, seed: int) -> 
     if config.trainer == "head":
         return head
     return build_head(config.model_copy(update={"kind": config.trainer}), dim, seed=seed, linear_dtype=MASTER_DTYPE)
-
-
-def _extra(trainer: torch.nn.Module, head: torch.nn.Module, what: str) -> list:
-    """`trainer.parameters()` or `trainer.state_dict().items()` as a list, empty when the trainer is the head."""
-    if trainer is head:
-        return []
-    return list(trainer.parameters()) if what == "parameters" else list(trainer.state_dict().items())
 
 
 def _nonfinite_rows(images: torch.Tensor) -> list[int]:
