@@ -47,7 +47,7 @@ HEADS: dict[str, dict[str, Any]] = {
     "linear-protected": {"head": {"kind": "linear"}, "projection": {"protect_head": True}},
     "linear-free": {"head": {"kind": "linear"}, "projection": {"protect_head": False}},
     "linear-segment-mask": {"head": {"kind": "linear", "train_mask": "segment"}, "projection": {"protect_head": False}},
-    "linear-slow": {"head": {"kind": "linear", "lr_scale": 0.1}, "projection": {"protect_head": False}},
+    "linear-slow": {"head": {"kind": "linear", "lr_scale": 0.01}, "projection": {"protect_head": False}},
     "ncm": {"head": {"kind": "ncm"}},
 }
 GRID_HEAD = "slda"
@@ -60,10 +60,9 @@ FROZEN_HEADS: dict[str, dict[str, Any]] = {
     "slda": {"head": {"kind": "slda"}},
     "ridge": {"head": {"kind": "ridge"}},
 }
-# SGD learning rate per paradigm, set so one step moves each paradigm's tensors by a similar amount: on the
-# same batches a prefix moves ~150x and a prompt ~30x less than an adapter at equal lr (measured on digits),
-# and at lr 0.01 adapters and LoRA wrecked the backbone's features with or without projection (RESULTS.md).
-LEARNING_RATES = {"none": 0.001, "prompt": 0.01, "prefix": 0.1, "adapter": 0.001, "lora": 0.001}
+# Every paradigm runs at the shipped optimizer.lr, in feature units (issue 10 item 3, docs/method.md section 1).
+# Sections of RESULTS.md before that ran SGD at raw per-paradigm rates (lr_unit parameter): prompt 0.01, prefix
+# 0.1, adapter 0.001, LoRA 0.001, head only 0.001 (git show 9ea4721:benchmarks/evidence.py).
 # S3's segments in stream order, one corruption family each (noise, blur, weather, digital x2), at severity 3 of
 # 5 (ImageNet-C's middle; the package's severities are sized for 224 px and harsher at 32). Frozen backbone
 # (the committed CIFAR-10 ViT, pet none), one corruption alone, 150 learned / 50 held out per class, seed 0:
@@ -126,14 +125,14 @@ def learner(paradigm: str, projected: bool, head: str, seed: int, quick: bool, b
 
     config: dict[str, Any] = {"backbone": spec, "pet": {"kind": paradigm}, "precision": "fp32", "seed": seed,
                               "projection": {"enabled": projected},
-                              "optimizer": {"name": "sgd", "lr": LEARNING_RATES[paradigm]}}
+                              "optimizer": {"name": "sgd"}}
     return merge_tree(config, (HEADS | FROZEN_HEADS)[head])
 
 
 def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], quick: bool,
          backbone: Path | None, limit: int, test_limit: int, overrides: Sequence[str] = ()) -> list[Run]:
     """Every run of the chosen suites; `overrides` ("learner.optimizer.lr=0.001") apply to every run."""
-    from pegp_stream.config import merge_tree, parse_overrides
+    from pegp_stream.config import OptimizerConfig, merge_tree, parse_overrides
 
     common = parse_overrides(overrides)
     runs: list[Run] = []
@@ -142,7 +141,7 @@ def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], 
             kind: str = "s1", head_lr: float | None = None, **extra: Any) -> None:
         spec = learner(paradigm, projected, head, seed, quick, backbone)
         if head_lr is not None:  # a new tree: `spec` shares its head section with HEADS
-            spec = merge_tree(spec, {"head": {"lr_scale": head_lr / LEARNING_RATES[paradigm]}})
+            spec = merge_tree(spec, {"head": {"lr_scale": head_lr / OptimizerConfig().lr}})
         config = {
             "name": f"{suite}/{paradigm}/{variant}/seed{seed}",
             "learner": spec,

@@ -166,7 +166,15 @@ class OptimizerConfig(Frozen):
 
     name: Literal["sgd", "adam"] = Field("sgd", description="sgd applies the projected gradient linearly; adam "
                                          "(and any weight decay) also gets its applied update projected")
-    lr: float = Field(0.01, gt=0.0, description="learning rate (SGD with momentum 0.9 diverges on ViTs above ~0.05)")
+    lr: float = Field(0.1, gt=0.0, description="learning rate of the PET tensors, in the unit `lr_unit` says (in "
+                      "feature units 0.1 suits all four paradigms on the evidence streams; 0.3 costs accuracy, 1.0 "
+                      "wrecks them)")
+    lr_unit: Literal["feature", "parameter"] = Field(
+        "feature", description="feature: lr is how far a step moves the pooled features, the same in every paradigm "
+        "(the learner measures the paradigm's sensitivity at the first step with a gradient of each segment: "
+        "docs/method.md section 1); parameter: lr applies to the raw PET tensors (the raw rates that suit the "
+        "paradigms differ by orders of magnitude)",
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum; reset at each consolidation")
     weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay (the applied update is then projected)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's moment decay rates")
@@ -199,7 +207,8 @@ class HeadConfig(Frozen):
         "none", description="'segment': training logits are masked to the labels seen in the current "
         "segment (L2P-style train mask); predictions always use every class",
     )
-    lr_scale: float = Field(1.0, gt=0.0, description="head learning rate = optimizer.lr * lr_scale")
+    lr_scale: float = Field(0.1, gt=0.0, description="linear head learning rate = optimizer.lr * lr_scale, in "
+                            "parameter units (0.01 at the defaults)")
     ncm_temperature: float = Field(0.1, gt=0.0, description="ncm: softmax temperature on cosine similarity")
     slda_shrinkage: float = Field(1e-4, gt=0.0, lt=1.0, description="slda: covariance shrinkage s, the precision is "
                                   "((1 - s) Sigma + s I)^-1 (avalanche-lib's form and default)")

@@ -9,6 +9,7 @@ linear in the gradient), accumulate features.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import math
@@ -112,6 +113,9 @@ class Learner:
         self.updates = 0
         self.samples_learned = 0
         self.consolidations = 0
+        # PET lr per unit of optimizer.lr (lr_unit "feature"): measured at each segment's first step with a gradient
+        self.lr_factor: float | None = None if self._calibrates else 1.0
+        self._set_learning_rates()
 
     # ----------------------------------------------------------------------------------------------------
     # the step
@@ -142,7 +146,7 @@ class Learner:
         features[rows] = step.features["head"].cpu()
         for row, predicted, loss in zip(rows, step.predicted, step.per_sample_loss.tolist(), strict=True):
             predictions[row], sample_losses[row] = predicted, loss
-        self._update(step.loss)
+        self._update(step, images if len(rows) == images.shape[0] else images[rows])
         if self._compensated and step.loss.requires_grad:
             self._compensate(step, images if len(rows) == images.shape[0] else images[rows])
         self._observe(step, targets)
@@ -154,6 +158,8 @@ class Learner:
         with self.taps.recording() as features, self._autocast():
             pooled = self._pooled(images)
         pooled = pooled.float()
+        if self.lr_factor is None and pooled.requires_grad:
+            pooled.retain_grad()  # the loss's gradient on the features calibrates the PET's lr (`_calibrate`)
         features["head"] = pooled.detach()
         logits = self.trainer(pooled, len(self.classes))
         if self.trainer is not self.head:
@@ -164,14 +170,17 @@ class Learner:
         predicted = scores[:, :known].argmax(dim=1).tolist() if known else [None] * len(targets)
         per_sample = F.cross_entropy(self._train_mask(logits), targets, reduction="none")
         labels = [self.classes[i] if i is not None else None for i in predicted]
-        return _Step(labels, per_sample, per_sample.mean(), dict(features))
+        return _Step(labels, per_sample, per_sample.mean(), dict(features), pooled)
 
-    def _update(self, loss: torch.Tensor) -> None:
+    def _update(self, step: _Step, images: torch.Tensor) -> None:
+        loss = step.loss
         if not loss.requires_grad:  # nothing trained by gradient (no PET tensors, a head without parameters)
             self.updates += 1
             return
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.lr_factor is None and step.pooled.grad is not None:
+            self._calibrate(images, step.pooled.grad)
         for space in self.spaces:
             space.project_params_grad_()
         if self.config.optimizer.grad_clip is not None:
@@ -180,6 +189,77 @@ class Learner:
         with self.update_projection.around_step():
             self.optimizer.step()
         self.updates += 1
+
+    @torch.no_grad()
+    def _calibrate(self, images: torch.Tensor, feature_grad: torch.Tensor) -> None:
+        """Set the PET's lr so that `optimizer.lr` means a step in feature space (lr_unit "feature"); run at the
+        first step with a gradient of every segment.
+
+        With J the Jacobian of the batch's pooled features F in the PET tensors, v = dL/dF and g = J^T v the
+        gradient, an SGD step of size eta moves F by eta J g. SGD on F itself at rate lr would move it by
+        lr |v|; the two agree in length when eta = lr |v| / (|g| |J u|), u = g / |g|. In general g is the step
+        the optimizer would apply at lr 1 (`_unit_step`: Adam's, momentum included) before the projection: the
+        factor is the paradigm's sensitivity; the projection then removes what would move old features (sized on
+        the projected step instead, it would grow the step along the protected span's leftovers). |J u| is
+        measured by a
+        central difference along u in fp32 (two forwards without gradient, once); the factor depends on the
+        paradigm's sensitivity, not on the loss's size, and is kept in the learned state."""
+        params = list(self.pet_parameters.values())
+        steps = self._unit_step(params)
+        d_norm = _norm(steps)
+        v_norm = torch.linalg.vector_norm(feature_grad).item()
+        if not (d_norm > 0 and math.isfinite(d_norm) and v_norm > 0):
+            return
+        directional = self._feature_sensitivity(images, params, [d / d_norm for d in steps])
+        if directional > 0 and math.isfinite(directional):
+            self.lr_factor = v_norm / (d_norm * directional)
+            self._set_learning_rates()
+
+    def _unit_step(self, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+        """The step the optimizer would apply to `params` (the PET tensors) at lr 1 with the current gradient:
+        taken, then undone (tensors and optimizer state as they were)."""
+        saved = copy.deepcopy(self.optimizer.state_dict())
+        everything = [p for group in self.optimizer.param_groups for p in group["params"]]
+        before = [p.detach().clone() for p in everything]
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = 1.0 if i == 0 else 0.0
+        self.optimizer.step()
+        steps = [p.detach() - old for p, old in zip(params, before, strict=False)]
+        for p, old in zip(everything, before, strict=True):
+            p.copy_(old)
+        self.optimizer.load_state_dict(saved)
+        return steps
+
+    def _feature_sensitivity(self, images: torch.Tensor, params: list[torch.nn.Parameter],
+                             direction: list[torch.Tensor]) -> float:
+        """|J u|: how far the batch's pooled features move per unit step of the PET tensors along `direction`
+        (a unit vector), by a central difference whose step is grown or shrunk until the features move by
+        about 1e-3 of their size (well above fp32 rounding, well inside the linear range)."""
+        saved = [p.detach().clone() for p in params]
+        size = torch.linalg.vector_norm(self._pooled(images).float()).item()
+        h, moved = 1e-3, 0.0
+        for _ in range(4):
+            shifted = []
+            for sign in (1.0, -1.0):
+                for p, d, old in zip(params, direction, saved, strict=True):
+                    p.copy_(old + sign * h * d)
+                shifted.append(self._pooled(images).float())
+            for p, old in zip(params, saved, strict=True):
+                p.copy_(old)
+            moved = torch.linalg.vector_norm(shifted[0] - shifted[1]).item() / 2
+            if not 1e-4 < moved / max(size, 1e-12) < 1e-2:
+                h *= 1e-3 * size / max(moved, 1e-12 * size) if moved > 0 else 1e3
+                continue
+            break
+        return moved / h
+
+    def _set_learning_rates(self) -> None:
+        """The configured rates (after a resume, the optimizer's saved ones would otherwise win): PET at
+        optimizer.lr times the measured factor, the linear head at optimizer.lr * head.lr_scale."""
+        opt = self.config.optimizer
+        self.optimizer.param_groups[0]["lr"] = opt.lr * (self.lr_factor or 0.0)
+        for group in self.optimizer.param_groups[1:]:
+            group["lr"] = opt.lr * self.config.head.lr_scale
 
     @torch.no_grad()
     def _compensate(self, step: _Step, images: torch.Tensor) -> None:
@@ -210,6 +290,8 @@ class Learner:
         for i, space in enumerate(self.spaces):
             ranks[space.name] = space.consolidate(seed=self.config.seed * 1_000_003 + self.consolidations * 7919 + i)
         self.optimizer.state.clear()
+        if self._calibrates:  # the PET's sensitivity changes as it learns: measured again in the new segment
+            self.lr_factor = None
         self.consolidations += 1
         self.segment_classes.clear()
         for hook in self.attachment.on_consolidate:
@@ -233,6 +315,10 @@ class Learner:
         images = self._check_images(images)
         with self._autocast():
             return self._pooled(images).float().cpu()
+
+    @property
+    def _calibrates(self) -> bool:
+        return self.config.optimizer.lr_unit == "feature" and bool(self.pet_parameters)
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -259,6 +345,7 @@ class Learner:
             "optimizer": _clone(self.optimizer.state_dict()),
             "spaces": {space.name: space.state_dict() for space in self.spaces},
             "generator": self.generator.get_state(),
+            "lr_factor": self.lr_factor if self._calibrates else None,
             "counters": {"updates": self.updates, "samples_learned": self.samples_learned,
                          "consolidations": self.consolidations},
         }
@@ -318,6 +405,9 @@ class Learner:
         self._class_index = {label: i for i, label in enumerate(self.classes)}
         self.segment_classes = set(state["segment_classes"])
         self.generator.set_state(state["generator"])
+        # a state from before lr_unit, or of lr_unit "parameter" resumed as "feature", is calibrated anew
+        self.lr_factor = state.get("lr_factor") if self._calibrates else 1.0
+        self._set_learning_rates()
         counters = state["counters"]
         self.updates, self.samples_learned = counters["updates"], counters["samples_learned"]
         self.consolidations = counters["consolidations"]
@@ -385,6 +475,7 @@ class _Step:
     per_sample_loss: torch.Tensor
     loss: torch.Tensor
     features: dict[str, torch.Tensor]
+    pooled: torch.Tensor  # the features the loss read, in the graph
 
 
 def _trainer(config: HeadConfig, head: torch.nn.Module, dim: int, seed: int) -> torch.nn.Module:
@@ -393,6 +484,10 @@ def _trainer(config: HeadConfig, head: torch.nn.Module, dim: int, seed: int) -> 
     if config.trainer == "head":
         return head
     return build_head(config.model_copy(update={"kind": config.trainer}), dim, seed=seed, linear_dtype=MASTER_DTYPE)
+
+
+def _norm(tensors: Sequence[torch.Tensor]) -> float:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])).item()
 
 
 def _nonfinite_rows(images: torch.Tensor) -> list[int]:

@@ -20,7 +20,8 @@ EPS = 0.999
 def pooled_drift(kind: str, enabled: bool, **pet: object) -> float:
     """Relative change of the pooled features on A's inputs caused by learning B."""
     config = tiny_config(kind, projection={"enabled": enabled, "eps": EPS, "eps_bottleneck": EPS,
-                                           "protect_head": False})
+                                           "protect_head": False},
+                         optimizer={"lr": 0.01, "lr_unit": "parameter"})  # a raw rate that moves every paradigm
     config["pet"].update(pet)
     learner = create_learner(config)
     xa, ya = digits_segment((0, 1, 2, 3, 4), SEGMENT)

@@ -163,8 +163,8 @@ def test_evidence_plan_gives_each_run_its_own_settings():
     runs = {r.key: r.config for r in evidence.plan(["heads", "refs"], [0], ["adapter"], True, None, 10, 5)}
     heads = {key: config["learner"]["head"] for key, config in runs.items()}
     assert heads["heads/adapter/linear-free"] == {"kind": "linear"}  # the joint linear head's lr stays its own
-    assert heads["refs/adapter/joint-linear-3ep"]["lr_scale"] == pytest.approx(0.01 / 0.001)
-    assert heads["heads/adapter/linear-slow"]["lr_scale"] == 0.1
+    assert heads["refs/adapter/joint-linear-3ep"]["lr_scale"] == pytest.approx(0.01 / 0.1)  # at the default lr
+    assert heads["heads/adapter/linear-slow"]["lr_scale"] == 0.01
     assert runs["refs/none/frozen-linear"]["learner"]["projection"] == {"enabled": False, "protect_head": False}
 
 

@@ -147,3 +147,70 @@ def test_bf16_autocast_keeps_state_in_full_precision():
     learner.learn_many(x, y)
     assert all(p.dtype == torch.float64 for p in learner.pet_parameters.values())
     assert all(s.covariance.dtype == torch.float64 for s in learner.spaces)
+
+
+# lr_unit "feature": one optimizer.lr means the same step in feature space in every paradigm
+
+
+def _feature_gradient_norm(learner, x: torch.Tensor, y: list[int]) -> float:
+    """|dL/dF|: the gradient on the pooled features of the loss `learner` would take its next step on."""
+    step = learner._forward(x, learner._targets(y), len(learner.classes))
+    step.loss.backward()
+    return step.pooled.grad.norm().item()
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix", "adapter", "lora"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_first_step_moves_the_features_as_far_as_sgd_on_the_features_would(kind, optimizer):
+    """The contract of lr_unit "feature": the first step moves the batch's pooled features by lr * |dL/dF|
+    (to first order), whatever the paradigm's raw sensitivity (a prefix's is ~10^4 x a prompt's)."""
+    lr = 0.1  # small enough for first order, large enough that fp32 rounding of the forward's weights is far below
+    config = tiny_config(kind, head={"kind": "slda"}, optimizer={"name": optimizer, "lr": lr})
+    learner, twin = create_learner(config), create_learner(config)
+    x, y = digits_segment((0, 1), 32)
+    for model in (learner, twin):  # the first batch gives no gradient (no class means to read yet)
+        model.learn_many(x[:16], y[:16])
+    assert learner.lr_factor is None
+    expected = lr * _feature_gradient_norm(twin, x[16:], y[16:])
+    before = learner.features(x[16:])
+    learner.learn_many(x[16:], y[16:])
+    moved = (learner.features(x[16:]) - before).norm().item()
+    assert learner.lr_factor is not None and learner.optimizer.param_groups[0]["lr"] == lr * learner.lr_factor
+    assert moved == pytest.approx(expected, rel=0.15)
+
+
+def test_the_lr_factor_is_measured_again_in_each_segment_and_kept_in_the_state():
+    learner = create_learner(tiny_config("prefix"))
+    x, y = digits_segment((0, 1), 32)
+    learner.learn_many(x[:16], y[:16])
+    learner.learn_many(x[16:], y[16:])
+    first = learner.lr_factor
+    learner.consolidate()
+    assert learner.lr_factor is None  # until the new segment's first gradient
+    x2, y2 = digits_segment((2, 3), 16)
+    learner.learn_many(x2, y2)
+    assert learner.lr_factor not in (None, first)
+    resumed = create_learner(tiny_config("prefix"))
+    resumed.load_state_dict(learner.state_dict())
+    assert resumed.lr_factor == learner.lr_factor
+
+
+def test_a_resumed_learner_steps_at_the_configured_rates_not_the_saved_ones():
+    """Learning rates may change between runs: after a resume the optimizer uses the config's, not the
+    rates its saved state carries (torch's load_state_dict restores those)."""
+    learner = create_learner(tiny_config("adapter", optimizer={"lr": 0.01}))
+    x, y = digits_segment((0, 1), 32)
+    learner.learn_many(x[:16], y[:16])
+    learner.learn_many(x[16:], y[16:])  # the first step has no gradient (a zero head): the second calibrates
+    resumed = create_learner(tiny_config("adapter", optimizer={"lr": 0.02}))
+    resumed.load_state_dict(learner.state_dict())
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == pytest.approx(
+        [0.02 * learner.lr_factor, 0.02 * resumed.config.head.lr_scale])
+
+
+def test_lr_unit_parameter_applies_the_rate_to_the_raw_tensors():
+    learner = create_learner(tiny_config("prompt", optimizer={"lr": 0.05, "lr_unit": "parameter"}))
+    x, y = digits_segment((0, 1), 16)
+    learner.learn_many(x, y)
+    assert learner.lr_factor == 1.0 and learner.optimizer.param_groups[0]["lr"] == 0.05
+    assert learner.state_dict()["lr_factor"] is None
