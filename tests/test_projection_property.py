@@ -136,3 +136,38 @@ def test_without_projection_the_same_check_fails(kind):
             worst = max(worst, leakage(param.detach() - before[id(param)], basis))
     print(f"{kind}: largest leakage without projection {worst:.3f}")
     assert worst > 0.1
+
+
+def old_feature_drift(covariance: torch.Tensor, delta: torch.Tensor, groups: int) -> tuple[float, float]:
+    """(drift, bound) for one trained tensor: drift = sum over A's features x of |dW x|^2, the energy by which
+    the protected layer's output on old inputs moved; bound = sum over groups of |dW_g|_2^2 (1 - eps) trace(C_g).
+    With dW M = 0 and M explaining at least eps of trace(C): dW C dW^T = dW (I-MM^T) C (I-MM^T) dW^T, whose trace
+    is at most |dW|_2^2 trace((I-MM^T) C) <= |dW|_2^2 (1 - eps) trace(C)."""
+    m = delta.shape[-1] // groups
+    drift = bound = 0.0
+    for g in range(groups):
+        d = delta[..., g * m : (g + 1) * m].reshape(-1, m).double()
+        block = covariance[g * m : (g + 1) * m, g * m : (g + 1) * m]
+        drift += float(torch.trace(d @ block @ d.T))
+        bound += float(torch.linalg.matrix_norm(d, ord=2)) ** 2 * (1 - EPS) * float(torch.trace(block))
+    return drift, bound
+
+
+@pytest.mark.parametrize("kind", trained_paradigms())
+def test_old_features_drift_stays_under_the_bound_eps_gives(kind):
+    """What the head's stored statistics were computed through: every protected layer's output on segment A's
+    inputs moves, while learning B, by at most the bound derived from eps (old_feature_drift); without projection
+    the same update breaks that bound, so the check can fail."""
+    for enabled in (True, False):
+        learner, covariance, before, _ = learn_two_segments(kind, {"name": "sgd", "lr": 0.05}, "fp32", enabled)
+        checked = []
+        for spec in learner.attachment.spaces:
+            groups = spec.groups if learner.config.projection.prefix_per_head else 1
+            for param in spec.params:
+                drift, bound = old_feature_drift(covariance[spec.name], param.detach() - before[id(param)], groups)
+                checked.append((spec.name, drift, bound))
+        if enabled:
+            over = [(name, drift, bound) for name, drift, bound in checked if drift > bound * (1 + 1e-6) + 1e-12]
+            assert not over, f"{kind}: drift above the eps bound in {over}"
+        else:
+            assert any(drift > 2 * bound for _, drift, bound in checked), f"{kind}: the bound would hold anyway"
