@@ -199,14 +199,13 @@ def _run_joint(config, learner, train, tests, log) -> EvalResult:
     generator = np.random.default_rng(config.stream.seed)
     started, records = time.perf_counter(), 0
     for epoch in range(config.joint_epochs):
-        order = generator.permutation(len(train.items))
-        for start in range(0, len(order), config.batch_size):
-            batch = [train.record(train.items[i]) for i in order[start : start + config.batch_size]]
-            images = to_model_input([r.image for r in batch], spec["input_size"], spec["mean"], spec["std"])
-            learner.learn_many(images, [r.label for r in batch])
-            records += len(batch)
+        for images, labels in _batches(train, config.batch_size, spec, generator.permutation(len(train.items))):
+            learner.learn_many(images, labels)
+            records += len(labels)
         if log:
             log(f"{config.name}: joint epoch {epoch + 1}/{config.joint_epochs} done")
+    # a head of statistics gathered over the epochs holds features that have moved since: refit at the end
+    learner.refit_head(_batches(train, config.batch_size, spec))
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     row = [_accuracy(learner, *t) for t in tests]
@@ -215,6 +214,16 @@ def _run_joint(config, learner, train, tests, log) -> EvalResult:
         backward_transfer=None, prequential_accuracy=None, curve=[], true_boundaries=[], learner_boundaries=[],
         records=records, train_seconds=train_seconds, eval_seconds=time.perf_counter() - started,
     )
+
+
+def _batches(train: LabelledStream, batch_size: int, spec: dict, order: Sequence[int] | None = None):
+    """(model-input images, labels) of the training items, `batch_size` at a time, in `order` (default: as
+    stored)."""
+    order = range(len(train.items)) if order is None else order
+    for start in range(0, len(order), batch_size):
+        batch = [train.record(train.items[i]) for i in order[start : start + batch_size]]
+        yield to_model_input([r.image for r in batch], spec["input_size"], spec["mean"], spec["std"]), [
+            r.label for r in batch]
 
 
 # ------------------------------------------------------------------------------------------------ test data

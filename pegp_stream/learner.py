@@ -13,7 +13,7 @@ import copy
 import hashlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -308,6 +308,21 @@ class Learner:
         probs = self.head(pooled.float(), n).softmax(dim=1) if n else torch.zeros(images.shape[0], 0)
         labels = [self.classes[i] for i in probs.argmax(dim=1).tolist()] if n else [None] * images.shape[0]
         return Prediction(labels, probs.cpu(), list(self.classes))
+
+    @torch.no_grad()
+    def refit_head(self, batches: Iterable[tuple[torch.Tensor, Sequence[Label]]]) -> None:
+        """Offline use only (the joint reference): rebuild the predicting head's statistics from `batches` of
+        already-seen labels at the current features, replacing statistics gathered while the features moved.
+        A linear head has no statistics and is kept as it is."""
+        if isinstance(self.head, LinearHead):
+            return
+        fresh = build_head(self.config.head, self.backbone.num_features, seed=self.config.seed,
+                           linear_dtype=MASTER_DTYPE).to(self.device)
+        for images, labels in batches:
+            targets = torch.tensor([self._class_index[canonical_label(label)] for label in labels], device=self.device)
+            with self._autocast():
+                fresh.observe(self._pooled(self._check_images(images)).float(), targets)
+        self.head.load_state_dict(fresh.state_dict())
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -214,3 +214,21 @@ def test_lr_unit_parameter_applies_the_rate_to_the_raw_tensors():
     learner.learn_many(x, y)
     assert learner.lr_factor == 1.0 and learner.optimizer.param_groups[0]["lr"] == 0.05
     assert learner.state_dict()["lr_factor"] is None
+
+
+def test_refit_head_replaces_statistics_gathered_while_the_features_moved():
+    """The joint reference's last pass: the head's statistics become those of the given samples at the final
+    features (what a fresh head fed the same features holds), not a mix over epochs of moving features."""
+    from pegp_stream.head import build_head
+
+    learner = create_learner(tiny_config("adapter", head={"kind": "slda"}))
+    x, y = digits_segment((0, 1, 2), 48)
+    for _ in range(2):  # two epochs: the head has seen every sample twice, at features that moved between
+        for i in range(0, 48, 16):
+            learner.learn_many(x[i : i + 16], y[i : i + 16])
+    assert learner.head.counts.sum().item() == 96
+    learner.refit_head([(x[:24], y[:24]), (x[24:], y[24:])])
+    fresh = build_head(learner.config.head, learner.backbone.num_features, seed=0, linear_dtype=torch.float64)
+    fresh.observe(learner.features(x), torch.tensor([learner.classes.index(label) for label in y]))
+    assert learner.head.counts.sum().item() == 48
+    torch.testing.assert_close(learner.head(learner.features(x), 3), fresh(learner.features(x), 3))
