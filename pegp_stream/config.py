@@ -1,7 +1,7 @@
 """Typed, frozen configuration for every area of pegp-stream, validated in one place.
 
 A config is built from a plain mapping (parsed YAML/JSON, or the dict a caller passes to
-`create_learner`); missing keys take the defaults below. `to_config` turns pydantic's validation
+`create_learner`); missing keys take the defaults below. `to_config` (schema.py) turns pydantic's validation
 errors into a `ConfigError` whose message names the offending field as a dotted path.
 
 Sources and their strictness (`load`): a config file, then environment variables, then `--set` overrides.
@@ -25,14 +25,13 @@ from pydantic import (
     Field,
     SecretStr,
     SerializeAsAny,
-    ValidationError,
     ValidationInfo,
     field_validator,
 )
 
 from .drift import DriftConfig
 from .errors import ConfigError
-from .schema import Fraction, Frozen, Positive, section_by_kind
+from .schema import Fraction, Frozen, Positive, section_by_kind, to_config
 from .stream.corrupt import CORRUPTIONS
 from .stream.decode import DecodeLimits
 
@@ -275,27 +274,6 @@ def _check_device(name: str) -> None:
         raise ValueError(f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"{name!r}: MPS is not available on this machine; use cpu or auto")
-
-
-def _field_path(error: Mapping[str, Any]) -> str:
-    return ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-")) or "<root>"
-
-
-def _message(error: Mapping[str, Any]) -> str:
-    return str(error["msg"]).removeprefix("Value error, ")
-
-
-def to_config(model: type[T], value: T | Mapping[str, Any] | None) -> T:
-    """Validate `value` as `model`; raise ConfigError naming every offending field."""
-    if isinstance(value, model):
-        return value
-    try:
-        return model.model_validate(dict(value or {}))
-    except ValidationError as exc:
-        errors = exc.errors()
-        field = _field_path(errors[0])
-        reason = _message(errors[0]) + "".join(f"; {_field_path(e)}: {_message(e)}" for e in errors[1:])
-        raise ConfigError(field, reason) from None
 
 
 class StreamConfig(Frozen):

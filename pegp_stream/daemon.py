@@ -20,8 +20,9 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from .checkpoint import CheckpointStore
@@ -30,9 +31,9 @@ from .drift import BoundaryPolicy
 from .errors import CheckpointError, PegpError, StateMismatchError
 from .evaluate import PrequentialAccuracy
 from .learner import Learner, create_learner
-from .metrics import DurationHistogram
 from .serving.app import HttpServer, create_app
 from .serving.snapshot import SnapshotPublisher
+from .status import HEARTBEAT_S, DaemonStatus, Durations
 from .stream.dead_letter import DeadLetterSink
 from .stream.decode import DecodeError, Sample, decode_record
 from .stream.preprocess import to_model_input
@@ -108,12 +109,14 @@ class Daemon:
         self.last_loss = float("nan")
         self.last_update_seconds = self.last_consolidation_seconds = 0.0
         self.snapshots = SnapshotPublisher()
-        self.update_durations = DurationHistogram()
+        self.update_durations = Durations()
         self.curve: deque = deque(maxlen=2000)  # (records learned, windowed, cumulative prequential accuracy)
         self._rate_window: deque = deque(maxlen=50)  # (monotonic time, records learned) for throughput
         self.http: HttpServer | None = None
         self._published_at_update = -1
         self._published_clock = time.monotonic()
+        self.status: DaemonStatus
+        self.publish_status()
 
     # ------------------------------------------------------------------ control (any thread)
 
@@ -135,11 +138,13 @@ class Daemon:
         be written. An unexpected error propagates after closing, without a checkpoint."""
         self.restore()
         self.publish()
+        self.publish_status()
         self.start_http()
         try:
             if not self.source.connect(self.offsets, self._stop_requested, self._topic_id):
                 return self.shutdown()
             self.connected = True
+            self.publish_status()
             self.dead_letters.prepare()
             self.dead_letters.resume(self._dead_letter_ends, self.config.kafka.topic)
             while not self.stopping:
@@ -166,11 +171,14 @@ class Daemon:
         if self.source.resets > self._resets_seen:  # the broker lost its logs: the dead-letter topic too
             self._resets_seen = self.source.resets
             self.dead_letters.prepare()
+        self.publish_status()
 
     def _stop_requested(self) -> bool:
         """The source's stop check, called every few ms while it polls or waits: also the loop's heartbeat,
         so a daemon waiting for a broker or a topic is alive for health checks."""
         self.heartbeat = time.monotonic()
+        if self.heartbeat - self.status.heartbeat >= HEARTBEAT_S:
+            self.publish_status()
         return self._stop.is_set()
 
     def decode(self, records: Sequence[Any]) -> list[_Decoded]:
@@ -199,6 +207,7 @@ class Daemon:
             self._rate_window.append((self.heartbeat, self.stats.learned))
             if not self.curve or self.stats.learned - self.curve[-1][0] >= 20:
                 self.curve.append((self.stats.learned, self.prequential.windowed, self.prequential.cumulative))
+        self.publish_status()
 
     def advance(self, records: Sequence[Any]) -> None:
         moved = self.source.consumed_offsets()  # past transaction markers and log resets too (not record + 1)
@@ -235,7 +244,7 @@ class Daemon:
         started = time.perf_counter()
         out = self.learner.learn_many(images, labels)
         self.last_update_seconds = time.perf_counter() - started
-        self.update_durations.observe(self.last_update_seconds)
+        self.update_durations = self.update_durations.observed(self.last_update_seconds)
         self.last_loss = out.loss
         for row, reason in out.rejected.items():
             self._dead_letter(run[row].record, _LEARNER_REJECTIONS.get(reason, "rejected"), reason)
@@ -314,6 +323,7 @@ class Daemon:
         if self.source.consumer is not None and self.offsets:
             self.source.commit(self.offsets)
         self.publish()  # the served model is never older than what a checkpoint holds
+        self.publish_status()
         log.info("checkpoint %s: %d records learned, prequential accuracy %.3f (window %.3f), %d dead letters",
                  path.name, self.stats.learned, self.prequential.cumulative, self.prequential.windowed,
                  sum(self.stats.dead_letters.values()))
@@ -329,6 +339,7 @@ class Daemon:
         self.checkpoint_failures += 1
         self.checkpoint_problem = problem
         self._checkpoint_retry_at = time.monotonic() + delay
+        self.publish_status()
         log.error("checkpoint failed (%s): learning and serving go on, retry in %.0f s", problem, delay)
         return False
 
@@ -454,23 +465,26 @@ class Daemon:
         self.source.end_offsets(self.config.kafka.lag_interval_s)
         return self.cached_lag()
 
-    def not_ready(self) -> str | None:
-        """Why the learner is not ready (read by /readyz), or None: not connected to its topic yet, the broker
-        silent for 3 lag intervals (`kafka.lag_interval_s`), checkpoints failing, or records waiting while
-        nothing has been learned for `http.stall_after_s` since the daemon was last caught up."""
-        now, kafka = time.monotonic(), self.config.kafka
-        if not self.connected:
-            return f"waiting for topic {kafka.topic} on {kafka.bootstrap_servers}"
-        answered = self.source.answered_at
-        silent_for = 3 * kafka.lag_interval_s
-        if answered is None or now - answered > silent_for:
-            return f"broker {kafka.bootstrap_servers} has not answered for over {silent_for:.0f} s"
-        if self.checkpoint_problem is not None:
-            return f"checkpoints failing: {self.checkpoint_problem}"
-        progress = max(self.last_learned_at, self.caught_up_at)
-        if any(self.cached_lag().values()) and now - progress > self.config.http.stall_after_s:
-            return "stalled: records waiting, none learned"
-        return None
+    def publish_status(self) -> None:
+        """Replace the published status (status.py) with the state now; the loop's thread only."""
+        learner, stats, prequential, kafka = self.learner, self.stats, self.prequential, self.config.kafka
+        self.status = DaemonStatus(
+            paradigm=learner.config.pet.kind, backbone=learner.config.backbone.name,
+            consumed=_frozen(stats.consumed), learned=stats.learned, updates=learner.updates,
+            boundaries=_frozen(stats.boundaries), boundary_positions=tuple(stats.boundary_positions),
+            dead_letters=_frozen(stats.dead_letters), ranks=_frozen(learner.ranks),
+            prequential_cumulative=prequential.cumulative, prequential_window=prequential.window,
+            prequential_windowed=prequential.windowed, segment_accuracy=_frozen(prequential.segment_accuracy()),
+            curve=tuple(self.curve), offsets=_frozen(self.offsets), lag=_frozen(self.cached_lag()),
+            offset_resets=_frozen(self.source.resets_by_partition), throughput=self.throughput(),
+            last_loss=self.last_loss, update_durations=self.update_durations,
+            last_consolidation_seconds=self.last_consolidation_seconds, last_checkpoint=_frozen(self.last_checkpoint),
+            checkpoint_failures=self.checkpoint_failures, checkpoint_problem=self.checkpoint_problem,
+            dead_letters_unconfirmed=self.dead_letters.unconfirmed, heartbeat=self.heartbeat,
+            connected=self.connected, broker_answered_at=self.source.answered_at,
+            last_learned_at=self.last_learned_at, caught_up_at=self.caught_up_at, topic=kafka.topic,
+            bootstrap_servers=kafka.bootstrap_servers, broker_silent_after_s=3 * kafka.lag_interval_s,
+            stall_after_s=self.config.http.stall_after_s)
 
     def _idle_long_enough(self, records: Sequence[Any]) -> bool:
         limit = self.config.exit_when_idle_s
@@ -482,3 +496,7 @@ class Daemon:
         self._idle_since = self._idle_since or time.monotonic()
         return time.monotonic() - self._idle_since >= limit
 
+
+def _frozen(mapping: Mapping) -> Mapping:
+    """A read-only copy, for the published status."""
+    return MappingProxyType(dict(mapping))

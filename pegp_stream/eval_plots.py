@@ -1,15 +1,13 @@
-"""PNG plots of evaluation results (matplotlib, from the `bench` extra: `pip install pegp-stream[bench]`)."""
+"""PNG plots of evaluation results (matplotlib, from the `bench` extra: `pip install pegp-stream[bench]`).
+The plots take plain numbers, not result objects: this module imports no result type (eval_result.py draws
+its own plots through it)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import PegpError
-
-if TYPE_CHECKING:
-    from .eval_run import EvalResult
 
 
 def _pyplot():
@@ -23,23 +21,24 @@ def _pyplot():
     return plt
 
 
-def plot_heatmap(result: EvalResult, path: str | Path) -> Path:
-    """The accuracy matrix R[i, j] (rows: after segment i; columns: test data of segment j)."""
+def plot_heatmap(matrix: Sequence[Sequence[float | None]], row_names: Sequence[str], title: str,
+                 path: str | Path) -> Path:
+    """The accuracy matrix R[i, j] (rows: after segment i, named by `row_names`; columns: test data of segment
+    j, one per segment; None where not measured)."""
     plt = _pyplot()
-    rows = len(result.matrix)
-    values = [[float("nan") if v is None else v for v in row] for row in result.matrix]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * result.segments, 1.0 + 0.5 * rows))
+    rows, segments = len(matrix), len(matrix[0]) if matrix else 0
+    values = [[float("nan") if v is None else v for v in row] for row in matrix]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * segments, 1.0 + 0.5 * rows))
     image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     for i, row in enumerate(values):
         for j, v in enumerate(row):
             if v == v:  # not NaN
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
-    ax.set_xticks(range(result.segments))
-    ax.set_yticks(range(rows), result.row_names())
+    ax.set_xticks(range(segments))
+    ax.set_yticks(range(rows), row_names)
     ax.set_xlabel("test data of segment j")
     ax.set_ylabel("after training through segment i")
-    ax.set_title(f"{result.name}: A={result.average_accuracy:.3f}"
-                 + (f" F={result.forgetting:.3f}" if result.forgetting is not None else ""), fontsize=9)
+    ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -47,24 +46,25 @@ def plot_heatmap(result: EvalResult, path: str | Path) -> Path:
     return Path(path)
 
 
-def plot_prequential(result: EvalResult, path: str | Path) -> Path:
-    """Windowed and cumulative prequential accuracy over the stream; true segment starts as dotted lines,
-    the learner's boundaries as triangles (markers, or what the detector found)."""
+def plot_prequential(curve: Sequence[tuple[int, float, float]], true_boundaries: Sequence[int],
+                     learned: Sequence[int], title: str, path: str | Path) -> Path:
+    """Windowed and cumulative prequential accuracy over the stream (`curve`: records, windowed, cumulative);
+    true segment starts as dotted lines, the learner's boundaries (`learned`, stream positions) as triangles
+    (markers, or what the detector found)."""
     plt = _pyplot()
-    records = [p[0] for p in result.curve]
+    records = [p[0] for p in curve]
     fig, ax = plt.subplots(figsize=(8, 3.2))
-    ax.plot(records, [p[1] for p in result.curve], lw=1.2, label="prequential (window)")
-    ax.plot(records, [p[2] for p in result.curve], lw=1.2, label="prequential (cumulative)")
-    for i, position in enumerate(result.true_boundaries):
+    ax.plot(records, [p[1] for p in curve], lw=1.2, label="prequential (window)")
+    ax.plot(records, [p[2] for p in curve], lw=1.2, label="prequential (cumulative)")
+    for i, position in enumerate(true_boundaries):
         ax.axvline(position, color="grey", ls=":", lw=0.8, label="true segment start" if i == 0 else None)
-    learned = [b["position"] for b in result.learner_boundaries]
     if learned:
         ax.plot(learned, [1.02] * len(learned), "v", color="crimson", ms=5, clip_on=False,
                 label="learner boundary")
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("records learned")
     ax.set_ylabel("accuracy")
-    ax.set_title(result.name, fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

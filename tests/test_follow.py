@@ -27,7 +27,9 @@ from pegp_stream.stream.preprocess import to_model_input
 def test_replica_serves_the_newest_checkpoint(tmp_path):
     port = free_port()
     checkpoints = tmp_path / "checkpoints"
-    checkpoints.mkdir()
+    # one store, made before the learner starts: making a CheckpointStore removes *.partial files, and making
+    # one per poll removed the learner's checkpoint while it was being written (the test then waited forever)
+    store = CheckpointStore(checkpoints)
     replica = subprocess.Popen([sys.executable, "-m", "pegp_stream.cli", "serve", "--follow", str(checkpoints),
                                 "--poll", "0.2", "--set", f"http.port={port}"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -43,7 +45,7 @@ def test_replica_serves_the_newest_checkpoint(tmp_path):
             thread.start()
             seen, delays = set(), []
             while daemon.stats.learned < len(ids) or len(seen) < 2:
-                paths = CheckpointStore(checkpoints).paths()
+                paths = store.paths()
                 if paths:
                     newest = paths[-1]
                     version = _version_in(newest)
@@ -56,7 +58,7 @@ def test_replica_serves_the_newest_checkpoint(tmp_path):
                 time.sleep(0.05)
             daemon.request_stop()
             thread.join(timeout=60)
-            final = _version_in(CheckpointStore(checkpoints).paths()[-1])
+            final = _version_in(store.paths()[-1])
             wait_for(lambda: (_model(client) or {}).get("version") == final, 60, what="the final checkpoint")
             image = load_dataset("digits", split="test").images[:4]
             answer = client.post("/v1/predict", json={"instances": [{"image": _png(im)} for im in image]}).json()

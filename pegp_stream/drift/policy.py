@@ -9,6 +9,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import CheckpointError
+from ..schema import to_config
 from .config import DriftConfig
 from .detector import Signal, _scalar, _vector, build_detector
 
@@ -51,8 +52,6 @@ class BoundaryPolicy:
     """
 
     def __init__(self, config: DriftConfig | Mapping[str, Any] | None = None) -> None:
-        from ..config import to_config  # here, not at the top: pegp_stream.config imports this package
-
         self.config = to_config(DriftConfig, config)
         self.detector = build_detector(self.config.detector)
         self.signal: Signal = self.detector.signal

@@ -33,7 +33,7 @@ from .page import STATUS_PAGE
 from .snapshot import SnapshotPublisher
 
 if TYPE_CHECKING:
-    from ..daemon import Daemon
+    from ..status import DaemonHandle
 
 
 class Instance(BaseModel):
@@ -128,8 +128,10 @@ DOCS_ASSETS = "/docs-assets"
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 408, 413, 422, 503)}
 
 
-def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon | None = None,
+def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: DaemonHandle | None = None,
                limits: DecodeLimits | None = None) -> FastAPI:
+    """The app over `snapshots`; with `daemon` (a learner), its published status, checkpoints and operator
+    boundaries too."""
     app = FastAPI(title="pegp-stream", version="1", description=__doc__, docs_url=None, redoc_url=None)
     registry, serving = build_registry(daemon, snapshots)
     limits = limits or DecodeLimits()
@@ -210,12 +212,12 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
             "records_in_model": info.records_learned if info else 0, "lag": {}, "last_checkpoint_time": None,
         }
         if daemon is not None:
-            learner = daemon.learner.config
-            out.update({"paradigm": learner.pet.kind, "backbone": learner.backbone.name,
-                        "records_learned": daemon.stats.learned, "updates": daemon.learner.updates,
-                        "lag": {str(p): n for p, n in daemon.cached_lag().items()},
-                        "offsets": {str(p): o for p, o in daemon.offsets.items()},
-                        "last_checkpoint_time": daemon.last_checkpoint.get("time")})
+            state = daemon.status
+            out.update({"paradigm": state.paradigm, "backbone": state.backbone,
+                        "records_learned": state.learned, "updates": state.updates,
+                        "lag": {str(p): n for p, n in state.lag.items()},
+                        "offsets": {str(p): o for p, o in state.offsets.items()},
+                        "last_checkpoint_time": state.last_checkpoint.get("time")})
         return out
 
     @app.post("/v1/boundary", status_code=202, response_model=BoundaryOut,
@@ -240,13 +242,14 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
                                "boundaries": [], "segment_accuracy": {}, "ranks": {}, "throughput": 0.0,
                                "lag": {}, "records_learned": 0, "dead_letters": {}}
         if daemon is not None:
+            state = daemon.status
             out.update({
-                "curve": [list(point) for point in list(daemon.curve)],
-                "boundaries": list(daemon.stats.boundary_positions),
-                "segment_accuracy": {str(k): v for k, v in daemon.prequential.segment_accuracy().items()},
-                "ranks": daemon.learner.ranks, "throughput": daemon.throughput(),
-                "lag": {str(p): n for p, n in daemon.cached_lag().items()},
-                "records_learned": daemon.stats.learned, "dead_letters": dict(daemon.stats.dead_letters),
+                "curve": [list(point) for point in state.curve],
+                "boundaries": list(state.boundary_positions),
+                "segment_accuracy": {str(k): v for k, v in state.segment_accuracy.items()},
+                "ranks": dict(state.ranks), "throughput": state.throughput,
+                "lag": {str(p): n for p, n in state.lag.items()},
+                "records_learned": state.learned, "dead_letters": dict(state.dead_letters),
             })
         return out
 
@@ -284,7 +287,7 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
     @app.get("/healthz", response_model=HealthOut,
              responses={503: {"model": HealthOut, "description": "the learner loop is silent"}})
     def healthz() -> Any:
-        if daemon is not None and time.monotonic() - daemon.heartbeat > config.stall_after_s:
+        if daemon is not None and time.monotonic() - daemon.status.heartbeat > config.stall_after_s:
             return JSONResponse({"status": "learner loop silent"}, status_code=503)
         return {"status": "ok"}
 
@@ -295,7 +298,7 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: Daemon 
     def readyz() -> Any:
         if snapshots.current is None or not snapshots.current.warmed:
             return JSONResponse({"status": "no warmed snapshot yet"}, status_code=503)
-        problem = daemon.not_ready() if daemon is not None else None
+        problem = daemon.status.not_ready(time.monotonic()) if daemon is not None else None
         if problem is not None:
             return JSONResponse({"status": problem}, status_code=503)
         return {"status": "ready", "model_version": snapshots.current.info.version}
