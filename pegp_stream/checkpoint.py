@@ -48,7 +48,11 @@ class CheckpointStore:
         except OSError as exc:  # FileExistsError, NotADirectoryError, PermissionError, read-only file system
             reason = f"cannot create directory {str(self.directory)!r}: {exc.strerror or exc}"
             raise ConfigError(setting, reason) from None
-        for stale in self.directory.glob("*.partial"):  # a write interrupted by a crash or a full disk
+
+    def remove_interrupted_writes(self) -> None:
+        """Delete *.partial files, left by a write a crash or a full disk interrupted. Only the single writer
+        may call it, before it writes: a reader (a serving replica) would delete the write in progress."""
+        for stale in self.directory.glob("*.partial"):
             log.warning("removing %s, left by an interrupted checkpoint write", stale)
             stale.unlink(missing_ok=True)
 

@@ -86,6 +86,7 @@ class Daemon:
         self.source = KafkaSource(config.kafka)
         self.dead_letters = DeadLetterSink(config.kafka)
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
+        self.store.remove_interrupted_writes()  # the daemon is the one writer
         self.policy = BoundaryPolicy(config.drift)
         self.prequential = PrequentialAccuracy()
         self.stats = StreamStats()

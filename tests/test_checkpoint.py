@@ -63,3 +63,16 @@ def test_decoding_refuses_foreign_files():
         decode_state(save({"x": torch.zeros(1)}))
     with pytest.raises(CheckpointError, match="cannot store"):
         encode_state({"x": object()})
+
+
+def test_only_the_writer_removes_partial_files_a_reader_leaves_a_write_in_progress(tmp_path):
+    """A serving replica opening the learner's directory must not delete the checkpoint being written."""
+    from pegp_stream.serving.follow import DirectoryCheckpoints
+
+    in_progress = tmp_path / "ckpt-000000000007.safetensors.partial"
+    in_progress.write_bytes(b"half a checkpoint")
+    CheckpointStore(tmp_path)
+    DirectoryCheckpoints(tmp_path).fetch_new()
+    assert in_progress.exists()
+    CheckpointStore(tmp_path).remove_interrupted_writes()  # what the daemon does at its start
+    assert not in_progress.exists()

@@ -27,8 +27,8 @@ from pegp_stream.stream.preprocess import to_model_input
 def test_replica_serves_the_newest_checkpoint(tmp_path):
     port = free_port()
     checkpoints = tmp_path / "checkpoints"
-    # one store, made before the learner starts: making a CheckpointStore removes *.partial files, and making
-    # one per poll removed the learner's checkpoint while it was being written (the test then waited forever)
+    # one store to read with (making a CheckpointStore once removed *.partial files: one per poll deleted the
+    # learner's checkpoint while it was being written; now only the writer removes them, at its start)
     store = CheckpointStore(checkpoints)
     replica = subprocess.Popen([sys.executable, "-m", "pegp_stream.cli", "serve", "--follow", str(checkpoints),
                                 "--poll", "0.2", "--set", f"http.port={port}"],
