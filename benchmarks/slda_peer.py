@@ -67,15 +67,11 @@ class FrozenFeatures:
 
     def of(self, stream: Any, split: str) -> tuple[torch.Tensor, list[str], list[int]]:
         """(features in stream order, labels, segments) of a LabelledStream read from `split`."""
-        from pegp_stream.stream.preprocess import to_model_input
-
-        spec = self.learner.input_config
         keys = [(split, stream.parts[item.source].name, item.index) for item in stream.items]
         missing = [(key, item) for key, item in zip(keys, stream.items, strict=True) if key not in self.cache]
         for start in range(0, len(missing), FEATURE_BATCH):
             chunk = missing[start : start + FEATURE_BATCH]
-            images = to_model_input([stream.record(item).image for _, item in chunk], spec["input_size"],
-                                    spec["mean"], spec["std"])
+            images = self.learner.prepare([stream.record(item).image for _, item in chunk])
             for (key, _), row in zip(chunk, self.learner.features(images), strict=True):
                 self.cache[key] = row
         records = [stream.record(item) for item in stream.items]

@@ -316,6 +316,7 @@ class ReplayConfig(Frozen):
 
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     stream: StreamConfig = Field(default_factory=StreamConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig, description="boundary policy (markers follow stream)")
     batch_size: Positive = Field(16, description="records per learning step")
     log_every: Positive = Field(500, description="print progress every N records")
 

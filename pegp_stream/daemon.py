@@ -28,6 +28,7 @@ from typing import Any
 from .checkpoint import CheckpointStore
 from .config import DaemonConfig
 from .drift import BoundaryPolicy
+from .driver import Run, StreamDriver
 from .errors import CheckpointError, PegpError, StateMismatchError
 from .evaluate import PrequentialAccuracy
 from .learner import Learner, create_learner
@@ -36,7 +37,6 @@ from .serving.snapshot import SnapshotPublisher
 from .status import HEARTBEAT_S, DaemonStatus, Durations
 from .stream.dead_letter import DeadLetterSink
 from .stream.decode import DecodeError, Sample, decode_record
-from .stream.preprocess import to_model_input
 from .stream.source import KafkaSource, backoff_delays
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,6 @@ class Daemon:
         self._dead_letter_ends: dict[int, int] = {}  # the dead-letter topic's ends at the restored checkpoint
         self._topic_id: str | None = None  # the topic id the checkpointed offsets were read from
         self.last_checkpoint: dict[str, float] = {}
-        self._input = self.learner.input_config
         self._stop = threading.Event()
         self._since_checkpoint = 0  # records read since the last checkpoint
         self._changed = False  # state changed without a record read (a boundary while idle, offsets past markers)
@@ -193,13 +192,12 @@ class Daemon:
         return decoded
 
     def learn(self, decoded: list[_Decoded]) -> None:
-        for run in self._runs(self._within_capacity(decoded)):
-            cause = self.policy.before(run[0].sample.segment, [d.sample.segment for d in run[1:]])
-            if cause:
-                self.consolidate(cause)
-            self._learn_run(run)
-        if not decoded and self.policy.before(None):  # an operator request while idle: applied now
-            self.consolidate("operator")
+        kept = self._within_capacity(decoded)
+        driver = StreamDriver(self.learner, self.policy, self.consolidate)
+        driver.learn([d.sample.image for d in kept], [d.sample.label for d in kept],
+                     [d.sample.segment for d in kept], self.stats.learned, lambda run: self._learned(kept, run))
+        if not decoded:  # an operator request while idle: applied now
+            driver.idle(self.stats.learned)
         self.heartbeat = time.monotonic()  # the loop is alive (health checks)
         if not decoded:
             self.caught_up_at = self.heartbeat
@@ -219,12 +217,6 @@ class Daemon:
 
     # ------------------------------------------------------------------ stages' parts
 
-    def _runs(self, decoded: list[_Decoded]) -> list[list[_Decoded]]:
-        """Split a batch where a marker boundary falls (`BoundaryPolicy.marker_starts`), so it falls exactly
-        between runs."""
-        cuts = [0, *[i for i in self.policy.marker_starts([d.sample.segment for d in decoded]) if i], len(decoded)]
-        return [decoded[a:b] for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
-
     def _within_capacity(self, decoded: list[_Decoded]) -> list[_Decoded]:
         """Dead-letter records whose new label would exceed the head's capacity."""
         known, capacity, kept = set(self.learner.classes), self.config.learner.head.max_classes, []
@@ -238,26 +230,19 @@ class Daemon:
             kept.append(item)
         return kept
 
-    def _learn_run(self, run: list[_Decoded]) -> None:
-        images = to_model_input([d.sample.image for d in run], self._input["input_size"], self._input["mean"],
-                                self._input["std"])
-        labels = [d.sample.label for d in run]
-        started = time.perf_counter()
-        out = self.learner.learn_many(images, labels)
-        self.last_update_seconds = time.perf_counter() - started
-        self.update_durations = self.update_durations.observed(self.last_update_seconds)
+    def _learned(self, batch: list[_Decoded], run: Run) -> None:
+        """A run was learned (`StreamDriver.learn`): timings, dead letters for rejected rows, prequential
+        accuracy and the exactly-once account, before a detector boundary the run completed is applied."""
+        items, out = batch[run.start : run.stop], run.result
+        self.last_update_seconds = run.seconds
+        self.update_durations = self.update_durations.observed(run.seconds)
         self.last_loss = out.loss
         for row, reason in out.rejected.items():
-            self._dead_letter(run[row].record, _LEARNER_REJECTIONS.get(reason, "rejected"), reason)
-        accepted = [i for i in range(len(run)) if i not in out.rejected]
-        self.prequential.update([out.predictions[i] for i in accepted], [labels[i] for i in accepted],
-                                segment=self.learner.consolidations)
-        detected = None
-        for i in accepted:
-            self._account(run[i])
-            detected = self.policy.after(out.sample_losses[i], out.features[i]) or detected
-        if detected:  # a detector boundary takes effect after the run it was detected in
-            self.consolidate(detected)
+            self._dead_letter(items[row].record, _LEARNER_REJECTIONS.get(reason, "rejected"), reason)
+        self.prequential.update([out.predictions[i] for i in run.accepted],
+                                [items[i].sample.label for i in run.accepted], segment=self.learner.consolidations)
+        for i in run.accepted:
+            self._account(items[i])
 
     def _account(self, item: _Decoded) -> None:
         """Count a learned record and add its id to the exactly-once digest."""
@@ -266,7 +251,8 @@ class Daemon:
         self.stats.learned_digest = (self.stats.learned_digest + record_id_hash(record_id)) % 2**64
 
     def consolidate(self, cause: str) -> dict[str, int]:
-        """Grow the bases; poll Kafka into the source's buffers meanwhile (consolidation can take seconds)."""
+        """Grow the bases; poll Kafka into the source's buffers meanwhile (consolidation can take seconds).
+        Called by `StreamDriver`, which then tells the policy."""
         started = time.perf_counter()
         done = threading.Event()
         poller = threading.Thread(target=self._prefetch_until, args=(done,), daemon=True)
@@ -279,7 +265,6 @@ class Daemon:
         self.last_consolidation_seconds = time.perf_counter() - started
         self.stats.boundaries[cause] += 1
         self.stats.boundary_positions = [*self.stats.boundary_positions[1 - BOUNDARY_HISTORY:], self.stats.learned]
-        self.policy.consolidated(cause)
         self._changed = True
         self.publish()
         log.info("boundary (%s) after %d records: ranks %s", cause, self.stats.learned,

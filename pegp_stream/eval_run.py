@@ -20,12 +20,12 @@ import torch
 
 from .config import EvalConfig
 from .drift import BoundaryPolicy
+from .driver import StreamDriver
 from .eval_result import EvalResult
 from .evaluate import PrequentialAccuracy, average_accuracy, backward_transfer, forgetting
 from .head import build_head
 from .learner import Learner, create_learner
 from .replay_run import segment_batches
-from .stream.preprocess import to_model_input
 from .stream.replay import LabelledStream, StreamRecord, build_stream, build_test_stream
 
 CURVE_EVERY = 100  # records between points of the prequential curve
@@ -58,25 +58,16 @@ def _run_online(config, learner, train, tests, log) -> EvalResult:
     boundaries: list[dict] = []
     true_boundaries = _true_boundaries(train)
     train_seconds = eval_seconds = 0.0
-    spec = learner.input_config
-    records = 0
+    driver, records = StreamDriver(learner, policy), 0
     for batch in segment_batches(iter(train), config.batch_size, config.stream.markers):
         started = time.perf_counter()
-        marker = batch[0].segment if config.stream.markers else None
-        cause = policy.before(marker)
-        if cause:
-            _consolidate(learner, policy, cause, records, boundaries)
-        images = to_model_input([r.image for r in batch], spec["input_size"], spec["mean"], spec["std"])
         labels = [r.label for r in batch]
-        out = learner.learn_many(images, labels)
-        detected = None
-        for loss, features in zip(out.sample_losses, out.features, strict=True):
-            detected = policy.after(loss, features) or detected
+        step = driver.learn([r.image for r in batch], labels, [r.segment for r in batch], records)
         records += len(batch)
-        if detected:
-            _consolidate(learner, policy, detected, records, boundaries)
+        boundaries += [{"position": b.position, "cause": b.cause} for b in step.boundaries]
         train_seconds += time.perf_counter() - started
-        prequential.update(out.predictions, labels, segment=batch[0].segment)
+        for run in step.runs:
+            prequential.update(run.result.predictions, labels[run.start : run.stop], segment=batch[0].segment)
         if not curve or records - curve[-1][0] >= CURVE_EVERY:
             curve.append((records, round(prequential.windowed, 4), round(prequential.cumulative, 4)))
         for record in batch:
@@ -117,12 +108,6 @@ def _result(config: EvalConfig, learner: Learner, tests: list, **measured) -> Ev
     )
 
 
-def _consolidate(learner: Learner, policy: BoundaryPolicy, cause: str, position: int, log: list[dict]) -> None:
-    learner.consolidate()
-    policy.consolidated(cause)
-    log.append({"position": position, "cause": cause})
-
-
 def _true_boundaries(stream: LabelledStream) -> list[int]:
     """Positions where the next segment's first sample appears."""
     first: dict[int, int] = {}
@@ -135,17 +120,16 @@ def _true_boundaries(stream: LabelledStream) -> list[int]:
 
 
 def _run_joint(config, learner, train, tests, log) -> EvalResult:
-    spec = learner.input_config
     generator = np.random.default_rng(config.stream.seed)
     started, records = time.perf_counter(), 0
     for epoch in range(config.joint_epochs):
-        for images, labels in _batches(train, config.batch_size, spec, generator.permutation(len(train.items))):
+        for images, labels in _batches(train, config.batch_size, learner, generator.permutation(len(train.items))):
             learner.learn_many(images, labels)
             records += len(labels)
         if log:
             log(f"{config.name}: joint epoch {epoch + 1}/{config.joint_epochs} done")
     # a head of statistics gathered over the epochs holds features that have moved since: refit at the end
-    learner.refit_head(_batches(train, config.batch_size, spec))
+    learner.refit_head(_batches(train, config.batch_size, learner))
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     row = [_accuracy(learner, *t) for t in tests]
@@ -156,14 +140,13 @@ def _run_joint(config, learner, train, tests, log) -> EvalResult:
     )
 
 
-def _batches(train: LabelledStream, batch_size: int, spec: dict, order: Sequence[int] | None = None):
+def _batches(train: LabelledStream, batch_size: int, learner: Learner, order: Sequence[int] | None = None):
     """(model-input images, labels) of the training items, `batch_size` at a time, in `order` (default: as
     stored)."""
     order = range(len(train.items)) if order is None else order
     for start in range(0, len(order), batch_size):
         batch = [train.record(train.items[i]) for i in order[start : start + batch_size]]
-        yield to_model_input([r.image for r in batch], spec["input_size"], spec["mean"], spec["std"]), [
-            r.label for r in batch]
+        yield learner.prepare([r.image for r in batch]), [r.label for r in batch]
 
 
 # ------------------------------------------------------------------------------------------------ test data
@@ -171,18 +154,14 @@ def _batches(train: LabelledStream, batch_size: int, spec: dict, order: Sequence
 
 def _test_sets(test: LabelledStream, learner: Learner, batch_size: int) -> list[tuple[list[torch.Tensor], list[str]]]:
     """Per segment: the test images as model-input batches (prepared once) and their labels."""
-    spec = learner.input_config
     by_segment: dict[int, list[StreamRecord]] = {}
     for record in test:
         by_segment.setdefault(record.segment, []).append(record)
     sets = []
     for segment in sorted(by_segment):
         records = by_segment[segment]
-        batches = [
-            to_model_input([r.image for r in records[i : i + batch_size]], spec["input_size"], spec["mean"],
-                           spec["std"])
-            for i in range(0, len(records), batch_size)
-        ]
+        batches = [learner.prepare([r.image for r in records[i : i + batch_size]])
+                   for i in range(0, len(records), batch_size)]
         sets.append((batches, [r.label for r in records]))
     return sets
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.data import resolve_data_config
@@ -29,6 +30,7 @@ from .pet import attach
 from .pet.base import FeatureTaps, SpaceSpec
 from .projection import ProtectedSpace
 from .stream.decode import canonical_label
+from .stream.preprocess import to_model_input
 from .update import build_optimizer, build_update_projection
 
 log = logging.getLogger(__name__)
@@ -330,6 +332,26 @@ class Learner:
         images = self._check_images(images)
         with self._autocast():
             return self._pooled(images).float().cpu()
+
+    def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """Decoded uint8 images ((H, W), (H, W, 1), (H, W, 3) or (H, W, 4), any size) as this learner's model
+        input: (B, C, H, W) float32 at `input_size`, normalised with the backbone's mean and std
+        (`stream.preprocess.to_model_input`)."""
+        spec = self.input_config
+        return to_model_input(images, spec["input_size"], spec["mean"], spec["std"])
+
+    def frozen_copy(self) -> Learner:
+        """A copy that predicts (`predict_many`, `features`, `prepare`) as this learner does now, whatever it
+        learns later: its own PET tensors, head and classes; the frozen backbone tensors are shared, not copied.
+        For reading only: its optimizer and bases are this learner's, so it must never learn or consolidate."""
+        trained = {id(p) for p in self.pet_parameters.values()}
+        frozen_tensors = [*self.backbone.parameters(), *self.backbone.buffers()]
+        shared = {id(t): t for t in frozen_tensors if id(t) not in trained}
+        frozen = copy.copy(self)
+        frozen.backbone = copy.deepcopy(self.backbone, memo=shared)
+        frozen.head = copy.deepcopy(self.head)
+        frozen.classes = list(self.classes)
+        return frozen
 
     @property
     def _calibrates(self) -> bool:

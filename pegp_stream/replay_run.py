@@ -1,5 +1,6 @@
-"""Drive the learner over a stream read from files (no broker): prequential learning with boundaries at
-segment-marker changes. Used by `pegp-stream replay` and by benchmarks."""
+"""Drive the learner over a stream read from files (no broker): prequential learning with the boundaries the
+drift policy answers (new segment markers, and its detector when one is configured), through the same
+`StreamDriver` as the daemon. Used by `pegp-stream replay` and by benchmarks."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .config import ReplayConfig
+from .drift import BoundaryPolicy
+from .driver import StreamDriver
 from .evaluate import PrequentialAccuracy
 from .learner import Learner, create_learner
-from .stream.preprocess import to_model_input
 from .stream.replay import LabelledStream, StreamRecord, build_stream
 
 
@@ -53,24 +55,22 @@ def replay(
 ) -> ReplaySummary:
     learner = learner or create_learner(config.learner)
     stream = stream or build_stream(config.stream)
-    spec = learner.input_config
-    summary, start, current, next_log = ReplaySummary(), time.perf_counter(), None, config.log_every
+    policy = BoundaryPolicy(config.drift.model_copy(update={"markers": config.stream.markers}))
+    driver, summary, next_log = StreamDriver(learner, policy), ReplaySummary(), config.log_every
+    start = time.perf_counter()
     for batch in segment_batches(iter(stream), config.batch_size, config.stream.markers):
-        if config.stream.markers and current is not None and batch[0].segment != current:
-            summary.ranks = learner.consolidate()
-            summary.boundaries.append(batch[0].position)
-        current = batch[0].segment
-        images = to_model_input([r.image for r in batch], spec["input_size"], spec["mean"], spec["std"])
         labels = [r.label for r in batch]
-        out = learner.learn_many(images, labels)
-        summary.prequential.update(out.predictions, labels, segment=current)
+        step = driver.learn([r.image for r in batch], labels, [r.segment for r in batch], summary.records)
+        summary.boundaries += [b.position for b in step.boundaries]
+        for run in step.runs:
+            summary.prequential.update(run.result.predictions, labels[run.start : run.stop], segment=batch[0].segment)
+            summary.rejected += len(run.result.rejected)
         summary.records += len(batch)
-        summary.rejected += len(out.rejected)
         if log and summary.records >= next_log:
             next_log += config.log_every
-            log(f"records {summary.records}/{len(stream)} segment {current} "
+            log(f"records {summary.records}/{len(stream)} segment {batch[0].segment} "
                 f"prequential {summary.prequential.cumulative:.3f} (window {summary.prequential.windowed:.3f}) "
-                f"loss {out.loss:.3f} {summary.records / (time.perf_counter() - start):.1f} rec/s")
+                f"loss {step.runs[-1].result.loss:.3f} {summary.records / (time.perf_counter() - start):.1f} rec/s")
     summary.seconds = time.perf_counter() - start
-    summary.ranks = summary.ranks or learner.ranks
+    summary.ranks = learner.ranks
     return summary

@@ -27,7 +27,6 @@ from ..config import HttpConfig
 from ..errors import ConfigError
 from ..metrics import build_registry
 from ..stream.decode import DecodeLimits, decode_image_bytes, decode_image_fields
-from ..stream.preprocess import to_model_input
 from .limits import BodyLimit, HeaderDeadline, PixelBudget
 from .page import STATUS_PAGE
 from .snapshot import SnapshotPublisher
@@ -186,8 +185,7 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: DaemonH
         predictor = snapshots.current
         if predictor is None:
             raise HTTPException(503, "no model snapshot published yet")
-        spec = predictor.input_config
-        batch = to_model_input(images, predictor.input_size, spec["mean"], spec["std"])
+        batch = predictor.prepare(images)
         prediction = predictor.predict(batch)
         k = min(top_k or config.top_k, len(prediction.classes))
         answers = []

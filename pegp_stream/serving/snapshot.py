@@ -1,17 +1,19 @@
 """Snapshots: immutable, versioned copies of the learned state that readers predict on.
 
-A `Predictor` is a second module tree over the same frozen backbone tensors (shared, never copied) with its own
-copy of the PET tensors and head. Publishing builds a new predictor and swaps one reference; a request keeps
+A `Predictor` holds the learner's `frozen_copy`: a second module tree over the same frozen backbone tensors
+(shared, never copied) with its own copy of the PET tensors and head, predicting through the learner's own
+`predict_many`. Publishing builds a new predictor and swaps one reference; a request keeps
 the predictor it started with, so it never sees a half-updated model and never waits on a training step.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..learner import Learner, Prediction
@@ -28,35 +30,23 @@ class ModelInfo:
 
 
 class Predictor:
-    """Predicts with a frozen copy of a learner's PET tensors and head at one moment."""
+    """Predicts with a frozen copy of a learner (`Learner.frozen_copy`) at one moment."""
 
     def __init__(self, learner: Learner, info: ModelInfo, warm: bool = True) -> None:
-        shared = {id(t): t for t in _frozen_tensors(learner)}
-        self.backbone = copy.deepcopy(learner.backbone, memo=dict(shared))
-        self.head = copy.deepcopy(learner.head)
+        self.model = learner.frozen_copy()
         self.info = info
         self.input_size = learner.input_size
-        self.input_config = learner.input_config
-        self._autocast = learner._autocast
         if warm:  # the first request pays no lazy init (later snapshots run on initialised kernels)
             self.predict(torch.zeros(1, *self.input_size))
         self.warmed = True
 
-    @torch.no_grad()
+    def prepare(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Decoded images as model input (`Learner.prepare`)."""
+        return self.model.prepare(images)
+
     def predict(self, images: torch.Tensor) -> Prediction:
-        classes = self.info.classes
-        with self._autocast():
-            pooled = self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
-        if not classes:
-            return Prediction([None] * images.shape[0], torch.zeros(images.shape[0], 0), [])
-        probs = self.head(pooled.float(), len(classes)).softmax(dim=1)
-        return Prediction([classes[i] for i in probs.argmax(dim=1).tolist()], probs, list(classes))
-
-
-def _frozen_tensors(learner: Learner) -> list[torch.Tensor]:
-    trained = {id(p) for p in learner.pet_parameters.values()}
-    tensors = [p for p in learner.backbone.parameters() if id(p) not in trained]
-    return tensors + list(learner.backbone.buffers())
+        """`Learner.predict_many` of the frozen copy: the classes are those known when it was made."""
+        return self.model.predict_many(images)
 
 
 class SnapshotPublisher:
