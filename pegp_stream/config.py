@@ -3,6 +3,8 @@
 A config is built from a plain mapping (parsed YAML/JSON, or the dict a caller passes to
 `create_learner`); missing keys take the defaults below. `to_config` (schema.py) turns pydantic's validation
 errors into a `ConfigError` whose message names the offending field as a dotted path.
+The sections of `learner.pet` are defined beside their paradigms (`pet/<kind>/config.py`) and found in the
+PET registry (`pet/registry.py`), which imports nothing of this module.
 
 Sources and their strictness (`load`): a config file, then environment variables, then `--set` overrides.
 File keys and `--set` keys are strict: an unknown key anywhere is an error naming it. An environment
@@ -31,6 +33,8 @@ from pydantic import (
 
 from .drift import DriftConfig
 from .errors import ConfigError
+from .pet import PET_CONFIGS, PetConfig
+from .pet.prompt import PromptConfig
 from .schema import Fraction, Frozen, Positive, section_by_kind, to_config
 from .stream.corrupt import CORRUPTIONS
 from .stream.decode import DecodeLimits
@@ -58,85 +62,6 @@ class BackboneConfig(BaseModel):
     @property
     def timm_kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-
-class PetConfig(Frozen):
-    """Base of every PET paradigm's config; `kind` selects the paradigm."""
-
-    kind: str
-
-
-class PromptConfig(PetConfig):
-    """Prompt-tuning: `length` learned tokens inserted after the prefix (CLS) tokens at `blocks[0]`;
-    further blocks (VPT-deep) overwrite those token slots with their own prompts."""
-
-    kind: Literal["prompt"] = "prompt"
-    length: Positive = Field(5, description="number of prompt tokens")
-    blocks: tuple[int, ...] = Field((0,), min_length=1, description="blocks whose input gets prompts")
-    init_std: float = Field(0.02, gt=0.0, description="std of the normal init of prompt tokens")
-
-
-class PrefixConfig(PetConfig):
-    """Prefix-tuning: learned key and value prefixes of `length` at the chosen blocks' attention."""
-
-    kind: Literal["prefix"] = "prefix"
-    length: Positive = Field(5, description="number of key/value prefix tokens per block")
-    blocks: tuple[int, ...] | None = Field(None, description="block indices; None = every block")
-    init_std: float = Field(0.02, gt=0.0, description="std of the normal init of key and value prefixes")
-    freeze_values_after_consolidation: bool = Field(
-        False, description="stop training value prefixes after the first consolidation"
-    )
-
-
-class AdapterConfig(PetConfig):
-    """Bottleneck adapter (down, activation, up) in parallel to the attention or MLP sub-layer.
-    Up is initialised to zero, so a new adapter leaves the backbone's function unchanged. Both linears
-    are bias-free: a bias would move every old output and no feature space can protect it."""
-
-    kind: Literal["adapter"] = "adapter"
-    rank: Positive = Field(8, description="bottleneck width r")
-    blocks: tuple[int, ...] | None = Field(None, description="block indices; None = every block")
-    placement: Literal["mlp", "attn"] = Field("mlp", description="sub-layer the adapter runs beside")
-    scale: float = Field(1.0, gt=0.0, description="multiplier on the adapter output")
-    activation: Literal["relu", "gelu"] = Field("relu", description="activation between down and up")
-
-
-class LoraConfig(PetConfig):
-    """LoRA on chosen linears: delta W = (alpha / rank) * B A, B initialised to zero.
-    Targets: `qkv` (the whole fused projection), `q`/`k`/`v` (its slices), `proj`, `fc1`, `fc2`."""
-
-    kind: Literal["lora"] = "lora"
-    rank: Positive = Field(4, description="LoRA rank r")
-    alpha: float = Field(8.0, gt=0.0, description="scale numerator; the update is scaled by alpha / rank")
-    targets: tuple[Literal["qkv", "q", "k", "v", "proj", "fc1", "fc2"], ...] = Field(
-        ("q", "v"), min_length=1, description="linears of each chosen block that get a LoRA pair"
-    )
-    blocks: tuple[int, ...] | None = Field(None, description="block indices; None = every block")
-
-    @field_validator("targets")
-    @classmethod
-    def _qkv_excludes_slices(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
-        if "qkv" in targets and {"q", "k", "v"} & set(targets):
-            raise ValueError("'qkv' already covers its q/k/v slices; list either 'qkv' or slices")
-        if len(set(targets)) != len(targets):
-            raise ValueError("targets must not repeat")
-        return targets
-
-
-class NoPetConfig(PetConfig):
-    """No PET tensors: the backbone stays exactly as pretrained and only the head learns (the frozen-backbone
-    reference: a linear probe, or class means of frozen features with `head.kind: ncm`)."""
-
-    kind: Literal["none"] = "none"
-
-
-PET_CONFIGS: dict[str, type[PetConfig]] = {
-    "none": NoPetConfig,
-    "prompt": PromptConfig,
-    "prefix": PrefixConfig,
-    "adapter": AdapterConfig,
-    "lora": LoraConfig,
-}
 
 
 class ProjectionConfig(Frozen):

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
-from conftest import TINY_BACKBONE, TINY_PET
+from conftest import TINY_BACKBONE, tiny_pet
 from kafka import KafkaConsumer, TopicPartition
 
 from pegp_stream.checkpoint import CheckpointStore
@@ -24,7 +24,7 @@ from pegp_stream.stream.replay import build_stream
 
 def daemon_config(tmp_path: Path, bootstrap: str, topic: str, backbone_path: str | None = None, **overrides) -> dict:
     config = {
-        "learner": {"backbone": {**TINY_BACKBONE, "checkpoint_path": backbone_path}, "pet": TINY_PET["adapter"],
+        "learner": {"backbone": {**TINY_BACKBONE, "checkpoint_path": backbone_path}, "pet": tiny_pet("adapter"),
                     "precision": "fp32", "seed": 0},
         "kafka": {"bootstrap_servers": bootstrap, "topic": topic, "batch_size": 8, "max_wait_ms": 100,
                   "retry_initial_s": 0.2, "retry_max_s": 1.0, "lag_interval_s": 0.5},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from conftest import TINY_BACKBONE, TINY_PET, digits_segment, trained_paradigms
+from conftest import TINY_BACKBONE, digits_segment, tiny_pet, trained_paradigms
 from safetensors.torch import save_file
 
 from pegp_stream import CheckpointError, create_learner
@@ -16,7 +16,7 @@ from pegp_stream.config import BackboneConfig
 @pytest.mark.parametrize("kind", trained_paradigms())
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224"])
 def test_real_timm_model_learns_and_predicts(name, kind):
-    learner = create_learner({"backbone": {"name": name}, "pet": TINY_PET[kind], "precision": "fp32"})
+    learner = create_learner({"backbone": {"name": name}, "pet": tiny_pet(kind), "precision": "fp32"})
     assert learner.input_size == (3, 224, 224)
     images = torch.randn(2, 3, 224, 224)
     out = learner.learn_many(images, ["cat", "dog"])
@@ -51,7 +51,7 @@ def test_checkpoint_the_test_wrote_loads_as_backbone(tmp_path, fmt):
     with torch.no_grad():
         expected = source.forward_head(source.forward_features(images), pre_logits=True)
         torch.testing.assert_close(loaded(images), expected)
-    learner = create_learner({"backbone": {**TINY_BACKBONE, "checkpoint_path": str(path)}, "pet": TINY_PET["lora"]})
+    learner = create_learner({"backbone": {**TINY_BACKBONE, "checkpoint_path": str(path)}, "pet": tiny_pet("lora")})
     assert torch.equal(learner.backbone.cls_token, state["cls_token"])
 
 

@@ -3,7 +3,7 @@ preparation and frozen copy that the daemon, serving, eval and replay share."""
 
 from __future__ import annotations
 
-from conftest import TINY_BACKBONE, TINY_PET, tiny_config
+from conftest import TINY_BACKBONE, tiny_config, tiny_pet
 
 from pegp_stream.config import EvalConfig, ReplayConfig
 from pegp_stream.datasets import load_dataset
@@ -19,7 +19,7 @@ TASK_FREE = {"detector": {"kind": "feature_shift", "window": 8, "reference_windo
 def test_replay_finds_the_same_detector_boundaries_as_eval(digits_backbone):
     """Replay drives the learner through the same boundary policy as eval (and the daemon): on a stream
     without markers, its detector finds the boundaries, at the same positions in both."""
-    learner = {"backbone": {**TINY_BACKBONE, "checkpoint_path": digits_backbone}, "pet": TINY_PET["adapter"],
+    learner = {"backbone": {**TINY_BACKBONE, "checkpoint_path": digits_backbone}, "pet": tiny_pet("adapter"),
                "precision": "fp32", "head": {"kind": "ncm"}}
     stream = {"datasets": ["digits"], "limit_per_class": 40, "markers": False}
     common = {"learner": learner, "stream": stream, "drift": TASK_FREE, "batch_size": 8}

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_BACKBONE, TINY_PET
+from conftest import TINY_BACKBONE, tiny_pet
 from PIL import Image
 
 from pegp_stream.cli import main
@@ -21,7 +21,7 @@ from pegp_stream.learner import create_learner
 
 
 def eval_config(backbone: str | None = None, **overrides) -> EvalConfig:
-    learner = {"backbone": {**TINY_BACKBONE, "checkpoint_path": backbone}, "pet": TINY_PET["adapter"],
+    learner = {"backbone": {**TINY_BACKBONE, "checkpoint_path": backbone}, "pet": tiny_pet("adapter"),
                "precision": "fp32", "head": {"kind": "ncm"}}
     stream = {"datasets": ["digits"], "limit_per_class": 40}
     config = {"name": "tiny", "learner": learner, "stream": stream, "test_limit_per_class": 15}

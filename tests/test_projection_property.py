@@ -10,10 +10,10 @@ from collections import defaultdict
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import digits_segment, tiny_config, trained_paradigms
 
 from pegp_stream import create_learner
+from pegp_stream.pet import paradigm
 from pegp_stream.projection import grow_basis, leakage
 
 EPS = 0.97
@@ -21,37 +21,15 @@ STEPS_A, STEPS_B, BATCH = 8, 50, 8
 
 
 class FeatureGatherer:
-    """Forward hooks that rebuild each protected space's features from the frozen model's own modules."""
+    """Forward hooks that rebuild each protected space's features from the frozen model's own modules: the pooled
+    feature for the head, and for the PET spaces where the paradigm's registered test hook says (its
+    `gather_features`, written from docs/method.md section 2, independent of the learner's taps)."""
 
     def __init__(self, learner):
-        self.learner = learner
         self.covariance: dict[str, torch.Tensor] = defaultdict(lambda: 0)
         self.handles = []
-        model = learner.backbone
-        self._hook(model.fc_norm, "head", lambda out: out)
-        for b, block in enumerate(model.blocks):
-            block = block.base_layer if hasattr(block, "prompt") else block
-            self._hook_block(b, block)
-
-    def _hook_block(self, b: int, block) -> None:
-        learner, model = self.learner, self.learner.backbone
-        names = {space.name for space in learner.spaces} or {spec.name for spec in learner.attachment.spaces}
-        if f"prompt.blocks.{b}" in names and b == 0:
-            self._hook(model.norm_pre, "prompt.blocks.0", lambda out: out)
-        if f"prefix.blocks.{b}.query" in names:
-            qkv = block.attn.base_layer.qkv
-            self._hook(qkv, f"prefix.blocks.{b}.query", lambda out: out[..., : out.shape[-1] // 3])
-        if f"adapter.blocks.{b}.mlp.down" in names:
-            adapter = block.mlp
-            self._hook(block.norm2, f"adapter.blocks.{b}.mlp.down", lambda out: out)
-            self._hook(block.norm2, f"adapter.blocks.{b}.mlp.up",
-                       lambda out, a=adapter: F.relu(out @ a.down.weight.T.to(out.dtype)))
-        if f"lora.blocks.{b}.attn.qkv.in" in names:
-            wrapper = block.attn.qkv
-            self._hook(block.norm1, f"lora.blocks.{b}.attn.qkv.in", lambda out: out)
-            for name, pair in wrapper.pairs.items():
-                self._hook(block.norm1, f"lora.blocks.{b}.attn.qkv.{name}.z",
-                           lambda out, p=pair: out @ p.A.T.to(out.dtype))
+        self._hook(learner.backbone.fc_norm, "head", lambda out: out)
+        paradigm(learner.config.pet.kind).gather_features(learner.backbone, learner.attachment, self._hook)
 
     def _hook(self, module, space: str, feature_of) -> None:
         def hook(_module, _inputs, output):
@@ -87,14 +65,15 @@ def learn_two_segments(kind: str, optimizer: dict, precision: str, enabled: bool
     for i in range(0, len(ya), BATCH):
         learner.learn_many(xa[i : i + BATCH], ya[i : i + BATCH])
     gatherer.remove()
-    prompt_rows = {n: p.detach().clone() for n, p in learner.pet_parameters.items() if n.startswith("prompts.")}
+    required_rows = {spec.name: spec.required_rows().clone() for spec in learner.attachment.spaces
+                     if spec.required_rows is not None}
     learner.consolidate()
     before = {id(p): p.detach().clone() for p in learner.optimizer.param_groups[0]["params"]}
     before[id(learner.head.weight)] = learner.head.weight.detach().clone()
     xb, yb = digits_segment((5, 6, 7, 8, 9), STEPS_B * BATCH)
     for i in range(0, len(yb), BATCH):
         learner.learn_many(xb[i : i + BATCH], yb[i : i + BATCH])
-    return learner, gatherer.covariance, before, prompt_rows
+    return learner, gatherer.covariance, before, required_rows
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -102,7 +81,7 @@ def learn_two_segments(kind: str, optimizer: dict, precision: str, enabled: bool
                          ids=["sgd", "adam"])
 @pytest.mark.parametrize("kind", trained_paradigms())
 def test_applied_update_annihilates_old_features(kind, optimizer, precision):
-    learner, covariance, before, prompt_rows = learn_two_segments(kind, optimizer, precision, enabled=True)
+    learner, covariance, before, required_rows = learn_two_segments(kind, optimizer, precision, enabled=True)
     assert set(covariance) == {space.name for space in learner.spaces}, "test hooks must cover every space"
     for space in learner.spaces:
         # (a) the basis explains at least eps of A's energy, measured on features the test gathered itself
@@ -112,9 +91,9 @@ def test_applied_update_annihilates_old_features(kind, optimizer, precision):
             delta = param.detach() - before[id(param)]
             assert delta.norm() > 0, f"{space.name}: tensor did not move"
             assert leakage(delta, space.basis) < 1e-5, space.name
-    for name, rows in prompt_rows.items():  # prompt: P dP^T = 0 needs P's own rows in the basis
-        space = next(s for s in learner.spaces if s.name == f"prompt.blocks.{name.split('.')[-1]}")
-        assert leakage(rows, space.basis) > 1 - 1e-9
+    for space in learner.spaces:  # rows a space requires in its basis (prompt: P dP^T = 0 needs P's own rows)
+        if space.name in required_rows:
+            assert leakage(required_rows[space.name], space.basis) > 1 - 1e-9, space.name
 
 
 @pytest.mark.parametrize("kind", trained_paradigms())
@@ -124,7 +103,7 @@ def test_without_projection_the_same_check_fails(kind):
     specs = {spec.name: spec for spec in learner.attachment.spaces}
     worst = 0.0
     for name, spec in specs.items():
-        groups = spec.groups if kind == "prefix" else 1
+        groups = spec.groups
         m = spec.dim // groups
         bases = [grow_basis(covariance[name][g * m : (g + 1) * m, g * m : (g + 1) * m],
                             torch.zeros(m, 0, dtype=torch.float64), EPS, "exact") for g in range(groups)]

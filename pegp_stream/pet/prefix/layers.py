@@ -13,9 +13,10 @@ from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..config import PrefixConfig
-from ..errors import ConfigError
-from .base import Attachment, FeatureTaps, SpaceSpec, block_indices
+from ...errors import ConfigError
+from ..base import Attachment, FeatureTaps, SpaceSpec, block_indices
+from ..registry import ProjectionOptions
+from .config import PrefixConfig
 
 
 class PrefixAttention(nn.Module):
@@ -60,7 +61,7 @@ class PrefixAttention(nn.Module):
 
 
 def attach_prefix(
-    model: VisionTransformer, config: PrefixConfig, taps: FeatureTaps, per_head: bool = True
+    model: VisionTransformer, config: PrefixConfig, taps: FeatureTaps, projection: ProjectionOptions
 ) -> Attachment:
     blocks = block_indices(config.blocks, len(model.blocks), "pet.blocks")
     keys, values = nn.ParameterDict(), nn.ParameterDict()
@@ -74,7 +75,7 @@ def attach_prefix(
         values[str(b)] = nn.Parameter(torch.randn(config.length, width) * config.init_std)
         space = f"prefix.blocks.{b}.query"
         attachment.wrap(model.blocks[b], "attn", PrefixAttention(attn, keys[str(b)], values[str(b)], taps, space))
-        groups = attn.num_heads if per_head else 1
+        groups = attn.num_heads if projection.prefix_per_head else 1
         attachment.spaces.append(SpaceSpec(space, width, [keys[str(b)]], groups=groups))
     if config.freeze_values_after_consolidation:
         attachment.on_consolidate.append(lambda _count: values.requires_grad_(False))

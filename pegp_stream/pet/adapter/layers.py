@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..config import AdapterConfig
-from .base import Attachment, FeatureTaps, SpaceSpec, block_indices, check_rank
+from ..base import Attachment, FeatureTaps, SpaceSpec, block_indices, check_rank
+from ..registry import ProjectionOptions
+from .config import AdapterConfig
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -41,7 +42,9 @@ class ParallelAdapter(nn.Module):
         return self.base_layer(x, **kwargs) + self.scale * F.linear(hidden, self.up.weight.to(x.dtype))
 
 
-def attach_adapter(model: VisionTransformer, config: AdapterConfig, taps: FeatureTaps) -> Attachment:
+def attach_adapter(
+    model: VisionTransformer, config: AdapterConfig, taps: FeatureTaps, projection: ProjectionOptions
+) -> Attachment:
     blocks = block_indices(config.blocks, len(model.blocks), "pet.blocks")
     dim = model.embed_dim
     check_rank(config.rank, dim, "pet.rank")

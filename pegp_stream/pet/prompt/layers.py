@@ -10,8 +10,9 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..config import PromptConfig
-from .base import Attachment, FeatureTaps, SpaceSpec, block_indices
+from ..base import Attachment, FeatureTaps, SpaceSpec, block_indices
+from ..registry import ProjectionOptions
+from .config import PromptConfig
 
 
 class PromptedBlock(nn.Module):
@@ -55,7 +56,9 @@ class DropPromptSlots(nn.Module):
         return self.base_layer(x)
 
 
-def attach_prompt(model: VisionTransformer, config: PromptConfig, taps: FeatureTaps) -> Attachment:
+def attach_prompt(
+    model: VisionTransformer, config: PromptConfig, taps: FeatureTaps, projection: ProjectionOptions
+) -> Attachment:
     blocks = block_indices(config.blocks, len(model.blocks), "pet.blocks")
     start, dim = model.num_prefix_tokens, model.embed_dim
     prompts = nn.ParameterDict(

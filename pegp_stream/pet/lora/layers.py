@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..config import LoraConfig
-from .base import Attachment, FeatureTaps, SpaceSpec, block_indices, check_rank
+from ..base import Attachment, FeatureTaps, SpaceSpec, block_indices, check_rank
+from ..registry import ProjectionOptions
+from .config import LoraConfig
 
 
 class LoraPair(nn.Module):
@@ -71,7 +72,9 @@ def _target_linears(block: nn.Module, target: str) -> tuple[nn.Module, str, int,
     return block.mlp, target, 0, linear.out_features
 
 
-def attach_lora(model: VisionTransformer, config: LoraConfig, taps: FeatureTaps) -> Attachment:
+def attach_lora(
+    model: VisionTransformer, config: LoraConfig, taps: FeatureTaps, projection: ProjectionOptions
+) -> Attachment:
     blocks = block_indices(config.blocks, len(model.blocks), "pet.blocks")
     wrappers = nn.ModuleDict()
     attachment = Attachment(modules=nn.ModuleDict({"linears": wrappers}), spaces=[])
