@@ -12,13 +12,13 @@ import test_conformance as conformance
 import test_projection_property as projection_property
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config, trained_paradigms
+from conftest import TINY_BACKBONE, digits_segment, tiny_config, trained_paradigms
 from pydantic import Field
 from torch import nn
 
 from pegp_stream import ConfigError, create_learner, docs_config
 from pegp_stream.config import LearnerConfig
-from pegp_stream.pet import Attachment, Paradigm, PetConfig, SpaceSpec, paradigms, register, unregister
+from pegp_stream.pet import Attachment, Paradigm, PetConfig, SpaceSpec, paradigm, paradigms, register, unregister
 from pegp_stream.schema import to_config
 
 
@@ -112,3 +112,25 @@ def test_registration_checks_the_paradigm():
     finally:
         unregister("toy")
     assert "toy" not in paradigms()
+
+
+@pytest.mark.parametrize("pet", [
+    {"kind": "prompt", "length": 3, "blocks": [0, 1]}, {"kind": "prompt", "length": 3, "blocks": [1]},
+    {"kind": "prefix", "length": 2, "blocks": [1]}, {"kind": "adapter", "placement": "attn", "rank": 4},
+    {"kind": "adapter", "rank": 4, "activation": "gelu"}, {"kind": "lora", "targets": ["qkv", "proj", "fc1", "fc2"]},
+], ids=lambda pet: "-".join(str(v) for v in pet.values()))
+def test_gather_hooks_rebuild_the_features_the_layers_record(pet):
+    """The projection-property test trusts each paradigm's gather_features on the tiny options; here the hooks
+    meet the features the paradigm's own modules record, on options the tiny configs do not reach."""
+    learner = create_learner({"backbone": TINY_BACKBONE, "pet": pet, "precision": "fp32"})
+    gathered: dict[str, torch.Tensor] = {}
+
+    def hook(module, space, feature_of):
+        module.register_forward_hook(lambda _m, _i, out: gathered.__setitem__(space, feature_of(out.detach())))
+
+    paradigm(pet["kind"]).gather_features(learner.backbone, learner.attachment, hook)
+    with torch.no_grad(), learner.taps.recording() as recorded:
+        learner.backbone(digits_segment((0, 1), 4)[0])
+    assert set(gathered) == set(recorded) == {spec.name for spec in learner.attachment.spaces}
+    for name, features in recorded.items():
+        torch.testing.assert_close(gathered[name].reshape(features.shape), features, rtol=0, atol=1e-6, msg=name)
