@@ -138,15 +138,16 @@ class DistillReport:
 
 def distill(config: BackboneConfig, images: torch.Tensor, targets: torch.Tensor, *, epochs: int = 6,
             batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
-            init: str | Path | None = None, log: Callable[[str], None] | None = None,
-            ) -> tuple[torch.nn.Module, DistillReport]:
+            init: str | Path | None = None, labels: torch.Tensor | None = None, feature_weight: float = 1.0,
+            log: Callable[[str], None] | None = None) -> tuple[torch.nn.Module, DistillReport]:
     """Train `config`'s ViT (from `init`'s weights, else random) so a linear map of its pooled feature matches
     `targets` (views, N, D), centred and divided by one scale, the root of their mean per-dimension variance
     (MSE): the loss is 1 - R^2 weighted by variance, so the teacher's principal directions, which a narrow
     student can carry, count most (per-dimension standardisation would weigh its ~1280 mostly low-variance
     dimensions alike). `images` (N, 3, H, W) are normalised student inputs of view 0; view 1, when present, is
-    their horizontal mirror. AdamW, warm-up then cosine. Returns the ViT without head (eval mode) and a report
-    with each epoch's mean loss."""
+    their horizontal mirror. With `labels` (N,) a linear classifier's cross-entropy is added (the MSE weighted by
+    `feature_weight`; 0 trains on the labels alone, the ablation). AdamW, warm-up then cosine. Returns the ViT
+    without head (eval mode; the map and the classifier are thrown away) and a report with each epoch's mean loss."""
     torch.manual_seed(seed)
     student = timm.create_model(config.name, pretrained=False, num_classes=0, **config.timm_kwargs)
     if init is not None:
@@ -154,7 +155,9 @@ def distill(config: BackboneConfig, images: torch.Tensor, targets: torch.Tensor,
     flat = targets.flatten(0, 1)
     goal = (targets - flat.mean(0)) / flat.var(0).mean().sqrt().clamp_min(1e-6)
     mapping = torch.nn.Linear(student.num_features, targets.shape[-1])
-    optimizer = torch.optim.AdamW([*student.parameters(), *mapping.parameters()], lr=lr, weight_decay=weight_decay)
+    classifier = torch.nn.Linear(student.num_features, int(labels.max()) + 1 if labels is not None else 0)
+    optimizer = torch.optim.AdamW([*student.parameters(), *mapping.parameters(), *classifier.parameters()], lr=lr,
+                                  weight_decay=weight_decay)
     steps = epochs * math.ceil(len(images) / batch_size)
     schedule = warmup_cosine(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
@@ -165,7 +168,10 @@ def distill(config: BackboneConfig, images: torch.Tensor, targets: torch.Tensor,
         for rows in torch.randperm(len(images), generator=generator).split(batch_size):
             view = torch.randint(0, targets.shape[0], (len(rows),), generator=generator)
             batch = torch.where(view.view(-1, 1, 1, 1) == 1, images[rows].flip(-1), images[rows])
-            loss = F.mse_loss(mapping(student(batch)), goal[view, rows])
+            pooled = student(batch)
+            loss = feature_weight * F.mse_loss(mapping(pooled), goal[view, rows])
+            if labels is not None:
+                loss = loss + F.cross_entropy(classifier(pooled), labels[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -244,6 +250,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", default=None, help="start the student from these ViT weights (default random)")
+    parser.add_argument("--labels", action="store_true", help="add the CIFAR-10 labels' cross-entropy")
+    parser.add_argument("--feature-weight", type=float, default=1.0, help="weight of the distillation MSE")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     parser.add_argument("--probe-fit", type=int, default=200, help="readout: fitted images per class")
     parser.add_argument("--probe-test", type=int, default=100, help="readout: scored images per class")
@@ -266,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     student, config = vit()
     inputs = to_model_input(images, (3, 32, 32), *STUDENT_MEAN_STD)
     student, report = distill(config, inputs, targets, epochs=args.epochs, batch_size=args.batch_size,
-                              lr=args.lr, seed=args.seed, init=args.init, log=progress)
+                              lr=args.lr, seed=args.seed, init=args.init, feature_weight=args.feature_weight,
+                              labels=torch.as_tensor(train.labels[: args.limit]) if args.labels else None,
+                              log=progress)
     path = save_backbone(student, args.out)
     sets = probe_sets(args.data_dir, args.probe_fit, args.probe_test, args.seed)
     measured = {"student": readouts(student, 32, STUDENT_MEAN_STD, sets)}
@@ -278,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "backbone": config.model_dump(), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "teacher": {"name": args.teacher, "timm": TEACHERS[args.teacher][0], "size": args.teacher_size,
                         "features": targets.shape[-1], "images_per_s": round(teacher_rate, 1)},
-            "data": {"dataset": "cifar10", "split": "train", "images": len(images), "flip": args.flip},
+            "data": {"dataset": "cifar10", "split": "train", "images": len(images), "flip": args.flip,
+                     "labels": args.labels}, "feature_weight": args.feature_weight,
             "init": args.init, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
             "threads": torch.get_num_threads(), **asdict(report),
             "readout": {"fit_per_class": args.probe_fit, "test_per_class": args.probe_test, **measured},
