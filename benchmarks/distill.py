@@ -155,9 +155,12 @@ def distill(config: BackboneConfig, images: torch.Tensor, targets: torch.Tensor,
     flat = targets.flatten(0, 1)
     goal = (targets - flat.mean(0)) / flat.var(0).mean().sqrt().clamp_min(1e-6)
     mapping = torch.nn.Linear(student.num_features, targets.shape[-1])
-    classifier = torch.nn.Linear(student.num_features, int(labels.max()) + 1 if labels is not None else 0)
-    optimizer = torch.optim.AdamW([*student.parameters(), *mapping.parameters(), *classifier.parameters()], lr=lr,
-                                  weight_decay=weight_decay)
+    heads = [mapping]
+    if labels is not None:
+        classifier = torch.nn.Linear(student.num_features, int(labels.max()) + 1)
+        heads.append(classifier)
+    trained = [p for module in (student, *heads) for p in module.parameters()]
+    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     steps = epochs * math.ceil(len(images) / batch_size)
     schedule = warmup_cosine(optimizer, steps)
     generator = torch.Generator().manual_seed(seed)
