@@ -40,7 +40,8 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pegp_stream.backbone import load_backbone_weights
 from pegp_stream.config import BackboneConfig
@@ -108,20 +109,25 @@ def pooled_features(model: torch.nn.Module, images: np.ndarray, size: int,
 
 
 def teacher_targets(teacher: torch.nn.Module, name: str, images: np.ndarray, size: int, flip: bool,
-                    cache: Path, log: Callable[[str], None] | None = None) -> tuple[torch.Tensor, float]:
+                    cache: Path, log: Callable[[str], None] | None = None) -> tuple[torch.Tensor, float | None]:
     """Teacher features of `images` (views, N, D): view 0 the images, view 1 (with `flip`) mirrored; read from
-    `cache` when a file there was made from the same pixels, teacher and size. Also the teacher's images/s
-    (NaN when cached)."""
+    `cache` when a file there was made from the same pixels, teacher and size. Also the teacher's images/s when
+    the features were computed (kept in the file; None for files without it)."""
     views = [images, images[:, :, ::-1]] if flip else [images]
     digest = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
     path = cache / f"teacher-{name}-{size}px-{digest[:16]}{'-flip' if flip else ''}.safetensors"
     if path.is_file():
-        return load_file(str(path))["features"], math.nan
+        with safe_open(str(path), "pt") as stored:
+            rate = (stored.metadata() or {}).get("images_per_s")
+            return stored.get_tensor("features"), float(rate) if rate else None
     start = time.perf_counter()
     features = torch.stack([pooled_features(teacher, v, size, mean_std(teacher), log=log) for v in views])
-    rate = features.shape[0] * features.shape[1] / (time.perf_counter() - start)
+    rate = round(features.shape[0] * features.shape[1] / (time.perf_counter() - start), 1)
     cache.mkdir(parents=True, exist_ok=True)
-    save_file({"features": features.contiguous()}, str(path), metadata={"teacher": name, "size": str(size)})
+    partial = path.with_suffix(".partial")  # a run killed while writing leaves no truncated cache behind
+    save_file({"features": features.contiguous()}, str(partial),
+              metadata={"teacher": name, "size": str(size), "images_per_s": str(rate)})
+    partial.replace(path)
     return features, rate
 
 
@@ -290,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     meta = {"command": "python -m benchmarks.distill " + " ".join(sys.argv[1:] if argv is None else argv),
             "backbone": config.model_dump(), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "teacher": {"name": args.teacher, "timm": TEACHERS[args.teacher][0], "size": args.teacher_size,
-                        "features": targets.shape[-1], "images_per_s": round(teacher_rate, 1)},
+                        "features": targets.shape[-1], "images_per_s": teacher_rate},
             "data": {"dataset": "cifar10", "split": "train", "images": len(images), "flip": args.flip,
                      "labels": args.labels}, "feature_weight": args.feature_weight,
             "init": args.init, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
