@@ -251,7 +251,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--teacher", default="efficientnet_lite0", choices=sorted(TEACHERS))
     parser.add_argument("--teacher-size", type=int, default=96, help="teacher input px (CIFAR images are 32 px)")
     parser.add_argument("--data-dir", default=None, help="folder with cifar10_jpg.tar.xz etc. ($PEGPSTREAM_DATA)")
-    parser.add_argument("--limit", type=int, default=None, help="first N CIFAR-10 train images (default all)")
+    parser.add_argument("--limit", type=int, default=None, help="N random CIFAR-10 train images (default all)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                         help="cache mirrored views too (twice the teacher time)")
     parser.add_argument("--epochs", type=int, default=6)
@@ -276,7 +276,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     train = load_dataset("cifar10", "train", data_dir=args.data_dir)
-    images = train.images[: args.limit]
+    if args.limit:  # a random subset: the split is stored sorted by class, its first 5 000 images are airplanes
+        train = train.subset(np.sort(np.random.default_rng(args.seed).permutation(len(train))[: args.limit]))
+    images = train.images
     teacher = load_teacher(args.teacher)
     targets, teacher_rate = teacher_targets(teacher, args.teacher, images, args.teacher_size, args.flip,
                                             args.cache, log=progress)
@@ -284,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     inputs = to_model_input(images, (3, 32, 32), *STUDENT_MEAN_STD)
     student, report = distill(config, inputs, targets, epochs=args.epochs, batch_size=args.batch_size,
                               lr=args.lr, seed=args.seed, init=args.init, feature_weight=args.feature_weight,
-                              labels=torch.as_tensor(train.labels[: args.limit]) if args.labels else None,
+                              labels=torch.as_tensor(train.labels) if args.labels else None,
                               log=progress)
     path = save_backbone(student, args.out)
     sets = probe_sets(args.data_dir, args.probe_fit, args.probe_test, args.seed)
@@ -298,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "teacher": {"name": args.teacher, "timm": TEACHERS[args.teacher][0], "size": args.teacher_size,
                         "features": targets.shape[-1], "images_per_s": teacher_rate},
             "data": {"dataset": "cifar10", "split": "train", "images": len(images), "flip": args.flip,
-                     "labels": args.labels}, "feature_weight": args.feature_weight,
+                     "per_class": np.bincount(train.labels).tolist(), "labels": args.labels},
+            "feature_weight": args.feature_weight,
             "init": args.init, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
             "threads": torch.get_num_threads(), **asdict(report),
             "readout": {"fit_per_class": args.probe_fit, "test_per_class": args.probe_test, **measured},
