@@ -51,12 +51,8 @@ def pretrain(
     num_classes = int(labels.max()) + 1
     model = timm.create_model(config.name, pretrained=False, num_classes=num_classes, **config.timm_kwargs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(labels) / batch_size)
-    total = epochs * steps_per_epoch
-    warmup = max(1, total // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
+    total = epochs * math.ceil(len(labels) / batch_size)
+    schedule = warmup_cosine(optimizer, total)
     generator = torch.Generator().manual_seed(seed)
     start, loss = time.perf_counter(), torch.tensor(math.nan)
     model.train()
@@ -75,6 +71,14 @@ def pretrain(
     model.eval()
     accuracy = evaluate(model, *test) if test is not None else None
     return model, PretrainReport(epochs, total, time.perf_counter() - start, loss.item(), accuracy)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A schedule over `total` steps: linear warm-up for the first 5%, then cosine decay to zero."""
+    warmup = max(1, total // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+    )
 
 
 @torch.no_grad()
