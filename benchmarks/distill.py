@@ -246,14 +246,6 @@ def vit(path: str | Path | None = None, **overrides: Any) -> tuple[torch.nn.Modu
 
 # ------------------------------------------------------------------------------------------------ command
 
-def training_subset(data: LabelledImages, limit: int | None, seed: int) -> LabelledImages:
-    """`limit` images of `data` drawn at random (seeded; kept in stored order), or all of them. Not the first
-    `limit`: the shared CIFAR-10 train split is stored sorted by class (its first 5 000 images are airplanes)."""
-    if not limit or limit >= len(data):
-        return data
-    return data.subset(np.sort(np.random.default_rng(seed).permutation(len(data))[:limit]))
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.distill", description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", default="efficientnet_lite0", choices=sorted(TEACHERS))
@@ -283,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    train = training_subset(load_dataset("cifar10", "train", data_dir=args.data_dir), args.limit, args.seed)
+    train = load_dataset("cifar10", "train", data_dir=args.data_dir).sample(args.limit, args.seed)
     images = train.images
     teacher = load_teacher(args.teacher)
     targets, teacher_rate = teacher_targets(teacher, args.teacher, images, args.teacher_size, args.flip,

@@ -283,7 +283,7 @@ def _demo_summary(checkpoints: Path) -> dict:
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True)
 @click.option("--augment/--no-augment", default=True, show_default=True, help="random crop and flip")
-@click.option("--limit", type=int, help="use only the first N training images")
+@click.option("--limit", type=int, help="use N training images drawn at random (seeded by --seed)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="safetensors file to write")
 def pretrain(dataset, data_dir, model_name, overrides, epochs, batch_size, lr, augment, limit, seed, out) -> None:
@@ -306,12 +306,12 @@ def pretrain(dataset, data_dir, model_name, overrides, epochs, batch_size, lr, a
     size = backbone.timm_kwargs.get("img_size", 224)
     shape = (3, size, size)
 
-    def tensors(part, count=None):
-        images = to_model_input(part.images[:count], shape, (0.5,) * 3, (0.5,) * 3)
-        return images, torch.as_tensor(part.labels[:count], dtype=torch.int64)
+    def tensors(part):
+        images = to_model_input(part.images, shape, (0.5,) * 3, (0.5,) * 3)
+        return images, torch.as_tensor(part.labels, dtype=torch.int64)
 
-    model, report = run_pretrain(
-        backbone, *tensors(train, limit), epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
+    model, report = run_pretrain(  # a random draw: a split may be stored sorted by class
+        backbone, *tensors(train.sample(limit, seed)), epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
         seed=seed, test=tensors(test), log=log.info,
     )
     path = save_backbone(model, out)

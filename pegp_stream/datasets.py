@@ -119,6 +119,14 @@ class LabelledImages:
                                f"[{rows.min()}, {rows.max()}]")
         return LabelledImages(self.images[rows], self.labels[rows], self.class_names, self.name)
 
+    def sample(self, limit: int | None, seed: int) -> LabelledImages:
+        """`limit` rows drawn at random (seeded, kept in stored order), or the whole set when `limit` is None or
+        not smaller. Not the first `limit`: a split may be stored sorted by class (the shared CIFAR-10 train
+        split's first 5 000 images are all airplanes)."""
+        if not limit or limit >= len(self):
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).permutation(len(self))[:limit]))
+
 
 def _check_images(images: np.ndarray, name: str) -> None:
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:

@@ -553,3 +553,14 @@ def test_demo_streams_mnist_when_it_can_get_it_else_digits(tmp_path, monkeypatch
     demo_stream_datasets.cache_clear()
     assert demo_stream_datasets() == ("mnist",)
     demo_stream_datasets.cache_clear()
+
+
+def test_a_limited_draw_holds_every_class_of_a_split_stored_sorted_by_class():
+    """`sample` (pretrain --limit, distill --limit) draws at random, not the first N: the shared CIFAR-10 train
+    split is stored sorted by class."""
+    digits = datasets.load_dataset("digits", "train")
+    by_class = digits.subset(np.argsort(digits.labels, kind="stable"))  # stored like the shared CIFAR-10 split
+    subset = by_class.sample(60, seed=0)
+    assert len(subset) == 60 and set(subset.labels.tolist()) == set(range(10))
+    assert np.array_equal(by_class.sample(60, seed=0).images, subset.images)
+    assert by_class.sample(None, seed=0) is by_class

@@ -10,10 +10,9 @@ import torch
 from conftest import TINY_BACKBONE
 from sklearn.datasets import load_digits
 
-from benchmarks.distill import copy_by_position, distill, load_teacher, readout, teacher_targets, training_subset
+from benchmarks.distill import copy_by_position, distill, load_teacher, readout, teacher_targets
 from pegp_stream import create_learner
 from pegp_stream.config import BackboneConfig
-from pegp_stream.datasets import load_dataset
 from pegp_stream.pretrain import save_backbone
 from pegp_stream.stream.preprocess import to_model_input
 
@@ -72,12 +71,3 @@ def test_readout_separates_separable_features():
     fit = torch.as_tensor(means[labels] + rng.normal(size=(60, 16)))
     test = torch.as_tensor(means[labels] + rng.normal(size=(60, 16)))
     assert readout((fit, labels), (test, labels)) == {"ncm": 1.0, "lda": 1.0}
-
-
-def test_a_limited_training_set_draws_from_every_class_of_a_sorted_split():
-    digits = load_dataset("digits", "train")
-    by_class = digits.subset(np.argsort(digits.labels, kind="stable"))  # stored like the shared CIFAR-10 split
-    subset = training_subset(by_class, 60, seed=0)
-    assert len(subset) == 60 and set(subset.labels.tolist()) == set(range(10))
-    assert np.array_equal(training_subset(by_class, 60, seed=0).images, subset.images)
-    assert training_subset(by_class, None, seed=0) is by_class
