@@ -99,13 +99,13 @@ def serve(follow: str, config_path: str | None, overrides: tuple[str, ...], poll
         _fail(exc)
     try:
         follower = CheckpointFollower(follow, poll_s=poll)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # before the line that says it serves: a stop may follow at once
+            signal.signal(sig, lambda *_: follower.stop())
         server = HttpServer(create_app(config.http, follower.snapshots, limits=config.decode), config.http.host,
                             config.http.port).start()
     except PegpError as exc:  # e.g. the HTTP port in use
         _fail(exc)
     log.info("serving replica on %s, following %s", server.url, follow)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: follower.stop())
     follower.run()
     server.stop()
 
