@@ -152,4 +152,7 @@ class CheckpointFollower:
             self._stop.wait(self.poll_s)
 
     def stop(self) -> None:
-        self._stop.set()
+        """Ask `run` to return. Safe from a signal handler: one may interrupt `run`'s own Event.wait in this thread
+        while it holds the event's lock, which is not re-entrant (setting it here deadlocked `serve --follow` on
+        SIGTERM), so the event is set from a new thread; `run` returns as soon as it has left the wait."""
+        threading.Thread(target=self._stop.set, name="follower-stop", daemon=True).start()
