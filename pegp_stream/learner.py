@@ -148,9 +148,10 @@ class Learner:
         features[rows] = step.features["head"].cpu()
         for row, predicted, loss in zip(rows, step.predicted, step.per_sample_loss.tolist(), strict=True):
             predictions[row], sample_losses[row] = predicted, loss
-        self._update(step, images if len(rows) == images.shape[0] else images[rows])
+        learned = images if len(rows) == images.shape[0] else images[rows]
+        self._update(step, learned)
         if self._compensated and step.loss.requires_grad:
-            self._compensate(step, images if len(rows) == images.shape[0] else images[rows])
+            self._compensate(step, learned)
         self._observe(step, targets)
         return LearnResult(predictions, step.loss.item(), dict(sorted(rejected.items())), sample_losses, features)
 
@@ -203,8 +204,7 @@ class Learner:
         the optimizer would apply at lr 1 (`_unit_step`: Adam's, momentum included) before the projection: the
         factor is the paradigm's sensitivity; the projection then removes what would move old features (sized on
         the projected step instead, it would grow the step along the protected span's leftovers). |J u| is
-        measured by a
-        central difference along u in fp32 (two forwards without gradient, once); the factor depends on the
+        measured by a central difference along u in fp32 (`_feature_sensitivity`); the factor depends on the
         paradigm's sensitivity, not on the loss's size, and is kept in the learned state."""
         params = list(self.pet_parameters.values())
         steps = self._unit_step(params)
