@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from pegp_stream.projection.basis import grow_basis, subspace_agreement, top_eigenpairs
+from pegp_stream.core.projection.basis import grow_basis, subspace_agreement, top_eigenpairs
 
 from .common import interleaved, machine_line, median, paired_ratio, progress, pyplot, report, write_csv
 

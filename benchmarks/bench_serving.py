@@ -24,11 +24,11 @@ from PIL import Image
 
 from pegp_stream.config import DaemonConfig, StreamConfig, to_config
 from pegp_stream.daemon import Daemon
-from pegp_stream.datasets import load_dataset
-from pegp_stream.demo import DEMO_BACKBONE
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.produce import ProduceOptions, produce
-from pegp_stream.stream.replay import build_stream
+from pegp_stream.data.datasets import load_dataset
+from pegp_stream.data.demo import DEMO_BACKBONE
+from pegp_stream.data.streams import build_stream
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
+from pegp_stream.kafka.produce import ProduceOptions, produce
 
 from .common import format_table, write_csv
 

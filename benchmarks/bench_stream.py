@@ -19,11 +19,11 @@ import torch
 
 from pegp_stream.config import DaemonConfig, ReplayConfig, StreamConfig, to_config
 from pegp_stream.daemon import Daemon
-from pegp_stream.demo import DEMO_BACKBONE
-from pegp_stream.replay_run import replay
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.produce import ProduceOptions, produce
-from pegp_stream.stream.replay import build_stream
+from pegp_stream.data.demo import DEMO_BACKBONE
+from pegp_stream.data.streams import build_stream
+from pegp_stream.evaluation.replay import replay
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
+from pegp_stream.kafka.produce import ProduceOptions, produce
 
 from .common import format_table, write_csv
 

@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pegp_stream.backbone import load_backbone_weights
 from pegp_stream.config import BackboneConfig
-from pegp_stream.datasets import LabelledImages, load_dataset
-from pegp_stream.pretrain import save_backbone, warmup_cosine
-from pegp_stream.stream.preprocess import to_model_input
+from pegp_stream.core.backbone import load_backbone_weights
+from pegp_stream.core.prepare import to_model_input
+from pegp_stream.core.pretrain import save_backbone, warmup_cosine
+from pegp_stream.data.datasets import LabelledImages, load_dataset
 
 from .common import progress
 from .evidence import BACKBONE

@@ -1,5 +1,5 @@
 """Evidence: accuracy and forgetting of every PET paradigm with and without PEGP on real streams, the
-references and the head variants, each over several seeds through `pegp_stream.eval_run` (what
+references and the head variants, each over several seeds through `pegp_stream.evaluation.run` (what
 `pegp-stream eval` runs).
 
     python -m benchmarks.evidence run    [--suites heads,s1,s2,s3,refs,frozen-heads] [--seeds 0,1,2] [--workers 2]
@@ -180,7 +180,7 @@ def _execute(job: tuple[Run, Path, int]) -> tuple[str, float, str]:
     import torch
 
     from pegp_stream.config import EvalConfig, to_config
-    from pegp_stream.eval_run import run_eval
+    from pegp_stream.evaluation.run import run_eval
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -300,7 +300,7 @@ def targets(rows: Sequence[dict]) -> list[dict[str, Any]]:
 
 
 def report(out: Path) -> int:
-    from pegp_stream.eval_plots import plot_forgetting
+    from pegp_stream.evaluation.plots import plot_forgetting
 
     rows = summarise(out)
     if not rows:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pegp_stream import Learner
-from pegp_stream.projection import ProtectedSpace
+from pegp_stream.core.projection.space import ProtectedSpace
 
 from .common import (
     ATTENTION,

@@ -81,8 +81,8 @@ class FrozenFeatures:
 def compare(train: tuple, tests: Sequence[tuple[torch.Tensor, list[str]]], shrinkage: float) -> dict[str, Any]:
     """Feed both heads the training stream; evaluate both after every segment. `train`: (features, labels,
     segments) in stream order; `tests`: per segment (features, labels)."""
-    from pegp_stream.evaluate import average_accuracy, forgetting
-    from pegp_stream.head import StreamingLDAHead
+    from pegp_stream.core.heads import StreamingLDAHead
+    from pegp_stream.evaluation.prequential import average_accuracy, forgetting
 
     features, labels, segments = train
     classes = list(dict.fromkeys(labels))
@@ -174,8 +174,8 @@ def run(args: argparse.Namespace, backbone: Path | None) -> int:
     """The whole comparison: prints the table, writes `slda_peer.csv` to `args.out`; 1 if a row misses the
     agreement target."""
     from pegp_stream.config import HeadConfig, LearnerConfig, StreamConfig, to_config
-    from pegp_stream.learner import create_learner
-    from pegp_stream.stream.replay import build_stream
+    from pegp_stream.core.learner import create_learner
+    from pegp_stream.data.streams import build_stream
 
     from .evidence import learner, stream
 

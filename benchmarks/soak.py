@@ -51,11 +51,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pegp_stream.checkpoint import CheckpointStore
 from pegp_stream.config import StreamConfig
-from pegp_stream.datasets import load_dataset
-from pegp_stream.demo import DEMO_BACKBONE, demo_backbone, demo_stream_datasets
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.produce import ProduceOptions, ensure_topic, produce
-from pegp_stream.stream.replay import LabelledStream, build_stream
+from pegp_stream.data.datasets import load_dataset
+from pegp_stream.data.demo import DEMO_BACKBONE, demo_backbone, demo_stream_datasets
+from pegp_stream.data.streams import LabelledStream, build_stream
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
+from pegp_stream.kafka.produce import ProduceOptions, ensure_topic, produce
 
 from .common import format_table, progress, pyplot, write_csv
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pegp_stream.backbone import build_backbone
 from pegp_stream.config import BackboneConfig
+from pegp_stream.core.backbone import build_backbone
 
 from .common import (
     ATTENTION,

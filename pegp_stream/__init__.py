@@ -1,8 +1,8 @@
 """pegp-stream: online continual learning with PEGP-projected parameter-efficient tuning."""
 
-from .config import LearnerConfig
-from .errors import CheckpointError, ConfigError, PegpError, StateMismatchError
-from .learner import Learner, LearnResult, Prediction, create_learner
+from pegp_stream.config import LearnerConfig
+from pegp_stream.core.learner import Learner, LearnResult, Prediction, create_learner
+from pegp_stream.errors import CheckpointError, ConfigError, PegpError, StateMismatchError
 
 __version__ = "0.1.0"
 

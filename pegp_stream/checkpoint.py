@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from .errors import CheckpointError, ConfigError
+from pegp_stream.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{12})\.safetensors$")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import PegpError
+from pegp_stream import __version__
+from pegp_stream.errors import PegpError
 
 log = logging.getLogger("pegp_stream")
 DATA_DIR_HELP = ("folder with local data files (default: $PEGPSTREAM_DATA, else ../shared/data); data sets found "
@@ -30,7 +30,7 @@ def _fail(exc: Exception) -> None:
 @click.pass_context
 def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
     """pegp-stream: online continual learning with PEGP-projected parameter-efficient tuning."""
-    from .logs import configure
+    from pegp_stream.logs import configure
 
     configure(log_level, log_format or "text")
     ctx.obj = {"log_level": log_level, "log_format": log_format}
@@ -42,8 +42,8 @@ def main(ctx: click.Context, log_level: str, log_format: str | None) -> None:
 @click.pass_context
 def run(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Run the learner daemon: Kafka in, checkpoints with offsets, boundaries, dead letters."""
-    from .config import DaemonConfig, load
-    from .logs import configure
+    from pegp_stream.config import DaemonConfig, load
+    from pegp_stream.logs import configure
 
     try:
         config = load(DaemonConfig, config_path, os.environ, overrides)
@@ -59,7 +59,7 @@ def _run_daemon(config) -> int:
     not fit the config, the HTTP port in use) is one line on stderr and exit status 2, never a traceback."""
     import signal
 
-    from .daemon import Daemon
+    from pegp_stream.daemon import Daemon
 
     try:
         daemon = Daemon(config)
@@ -89,9 +89,9 @@ def serve(follow: str, config_path: str | None, overrides: tuple[str, ...], poll
     """A read-only serving replica: follows the learner's checkpoints and serves the same HTTP API; never learns."""
     import signal
 
-    from .config import DaemonConfig, load
-    from .serving.app import HttpServer, create_app
-    from .serving.follow import CheckpointFollower
+    from pegp_stream.config import DaemonConfig, load
+    from pegp_stream.serving.app import HttpServer, create_app
+    from pegp_stream.serving.follow import CheckpointFollower
 
     try:
         config = load(DaemonConfig, config_path, os.environ, overrides)
@@ -118,7 +118,7 @@ def broker(port: int, host: str) -> None:
     it and exit 0; if the broker exits by itself, its exit status is returned."""
     import signal
 
-    from .stream.broker import EmbeddedBroker
+    from pegp_stream.kafka.broker import EmbeddedBroker
 
     embedded = EmbeddedBroker(port=port, host=host)
     for sig in (signal.SIGTERM, signal.SIGINT):  # before the start: a broker in its own session must not outlive us
@@ -151,10 +151,10 @@ def broker(port: int, host: str) -> None:
 def produce(datasets, topic, bootstrap_servers, data_dir, split, partitions, classes_per_segment, shuffle_classes,
             markers, blurry, limit_per_class, fmt, image_format, rate, repeat, seed) -> None:
     """Feed a real labelled stream, split by classes into segments, into a Kafka topic."""
-    from .config import StreamConfig, to_config
-    from .stream.produce import ProduceOptions
-    from .stream.produce import produce as send
-    from .stream.replay import build_stream
+    from pegp_stream.config import StreamConfig, to_config
+    from pegp_stream.data.streams import build_stream
+    from pegp_stream.kafka.produce import ProduceOptions
+    from pegp_stream.kafka.produce import produce as send
 
     try:
         stream_config = to_config(StreamConfig, {
@@ -177,8 +177,8 @@ def produce(datasets, topic, bootstrap_servers, data_dir, split, partitions, cla
 @click.option("--out", type=click.Path(dir_okay=False), help="write the summary JSON here")
 def replay(config_path: str | None, overrides: tuple[str, ...], out: str | None) -> None:
     """Learn from a stream read from files (no broker): prequential accuracy, boundaries, ranks."""
-    from .config import ReplayConfig, load
-    from .replay_run import replay as run_replay
+    from pegp_stream.config import ReplayConfig, load
+    from pegp_stream.evaluation.replay import replay as run_replay
 
     try:
         config = load(ReplayConfig, config_path, os.environ, overrides)
@@ -200,8 +200,8 @@ def replay(config_path: str | None, overrides: tuple[str, ...], out: str | None)
 def evaluate(config_path: str | None, overrides: tuple[str, ...], out: str, plots: bool) -> None:
     """Learn a stream once and evaluate held-out data of every seen segment at each true segment end:
     accuracy matrix, average accuracy, forgetting, BWT, prequential accuracy, throughput."""
-    from .config import EvalConfig, load
-    from .eval_run import run_eval
+    from pegp_stream.config import EvalConfig, load
+    from pegp_stream.evaluation.run import run_eval
 
     try:
         config = load(EvalConfig, config_path, os.environ, overrides)
@@ -229,11 +229,11 @@ def demo(limit_per_class: int, workdir: str, overrides: tuple[str, ...]) -> None
     predictions and metrics over HTTP until stopped (Ctrl-C)."""
     import threading
 
-    from .config import DaemonConfig, StreamConfig, load
-    from .demo import DEMO_BACKBONE, demo_backbone, demo_stream_datasets
-    from .stream.broker import EmbeddedBroker, free_port
-    from .stream.produce import ProduceOptions, produce
-    from .stream.replay import build_stream
+    from pegp_stream.config import DaemonConfig, StreamConfig, load
+    from pegp_stream.data.demo import DEMO_BACKBONE, demo_backbone, demo_stream_datasets
+    from pegp_stream.data.streams import build_stream
+    from pegp_stream.kafka.broker import EmbeddedBroker, free_port
+    from pegp_stream.kafka.produce import ProduceOptions, produce
 
     backbone = demo_backbone(log=log.info)
     with EmbeddedBroker(port=free_port(), log_path=Path(workdir).absolute() / "broker.log") as embedded:
@@ -259,7 +259,7 @@ def demo(limit_per_class: int, workdir: str, overrides: tuple[str, ...]) -> None
 
 
 def _demo_summary(checkpoints: Path) -> dict:
-    from .checkpoint import CheckpointStore
+    from pegp_stream.checkpoint import CheckpointStore
 
     latest = CheckpointStore(checkpoints).load_latest()
     if latest is None:
@@ -292,11 +292,11 @@ def pretrain(dataset, data_dir, model_name, overrides, epochs, batch_size, lr, a
 
     import torch
 
-    from .config import BackboneConfig, parse_overrides, to_config
-    from .datasets import load_dataset
-    from .pretrain import pretrain as run_pretrain
-    from .pretrain import save_backbone
-    from .stream.preprocess import to_model_input
+    from pegp_stream.config import BackboneConfig, parse_overrides, to_config
+    from pegp_stream.core.prepare import to_model_input
+    from pegp_stream.core.pretrain import pretrain as run_pretrain
+    from pegp_stream.core.pretrain import save_backbone
+    from pegp_stream.data.datasets import load_dataset
 
     try:
         backbone = to_config(BackboneConfig, {"name": model_name, **parse_overrides(overrides)})

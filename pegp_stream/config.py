@@ -4,7 +4,7 @@ A config is built from a plain mapping (parsed YAML/JSON, or the dict a caller p
 `create_learner`); missing keys take the defaults below. `to_config` (schema.py) turns pydantic's validation
 errors into a `ConfigError` whose message names the offending field as a dotted path.
 The sections of `learner.pet` are defined beside their paradigms (`pet/<kind>/config.py`) and found in the
-PET registry (`pet/registry.py`), which imports nothing of this module.
+PET registry (`core/pet/registry.py`), which imports nothing of this module.
 
 Sources and their strictness (`load`): a config file, then environment variables, then `--set` overrides.
 File keys and `--set` keys are strict: an unknown key anywhere is an error naming it. An environment
@@ -31,13 +31,13 @@ from pydantic import (
     field_validator,
 )
 
-from .drift import DriftConfig
-from .errors import ConfigError
-from .pet import PET_CONFIGS, PetConfig
-from .pet.prompt import PromptConfig
-from .schema import Fraction, Frozen, Positive, section_by_kind, to_config
-from .stream.corrupt import CORRUPTIONS
-from .stream.decode import DecodeLimits
+from pegp_stream.core.pet import PET_CONFIGS, PetConfig
+from pegp_stream.core.pet.prompt import PromptConfig
+from pegp_stream.data.corrupt import CORRUPTIONS
+from pegp_stream.drift import DriftConfig
+from pegp_stream.errors import ConfigError
+from pegp_stream.inputs.decode import DecodeLimits
+from pegp_stream.schema import Fraction, Frozen, Positive, section_by_kind, to_config
 
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger(__name__)

@@ -25,19 +25,19 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .checkpoint import CheckpointStore
-from .config import DaemonConfig
-from .drift import BoundaryPolicy
-from .driver import Run, StreamDriver
-from .errors import CheckpointError, PegpError, StateMismatchError
-from .evaluate import PrequentialAccuracy
-from .learner import Learner, create_learner
-from .serving.app import HttpServer, create_app
-from .serving.snapshot import SnapshotPublisher
-from .status import HEARTBEAT_S, DaemonStatus, Durations
-from .stream.dead_letter import DeadLetterSink
-from .stream.decode import DecodeError, Sample, decode_record
-from .stream.source import KafkaSource, backoff_delays
+from pegp_stream.checkpoint import CheckpointStore
+from pegp_stream.config import DaemonConfig
+from pegp_stream.core.learner import Learner, create_learner
+from pegp_stream.drift import BoundaryPolicy
+from pegp_stream.driver import Run, StreamDriver
+from pegp_stream.errors import CheckpointError, PegpError, StateMismatchError
+from pegp_stream.evaluation.prequential import PrequentialAccuracy
+from pegp_stream.inputs.decode import DecodeError, Sample, decode_record
+from pegp_stream.kafka.dead_letter import DeadLetterSink
+from pegp_stream.kafka.source import KafkaSource, backoff_delays
+from pegp_stream.serving.app import HttpServer, create_app
+from pegp_stream.serving.snapshot import SnapshotPublisher
+from pegp_stream.serving.status import HEARTBEAT_S, DaemonStatus, Durations
 
 log = logging.getLogger(__name__)
 _LEARNER_REJECTIONS = {"non-finite pixel values": "nonfinite_pixels", "non-finite loss": "nonfinite_loss"}

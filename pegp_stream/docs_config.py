@@ -23,8 +23,8 @@ import annotated_types as at
 from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
-from .config import PET_CONFIGS, DaemonConfig, EvalConfig, PetConfig, ReplayConfig
-from .drift import DETECTOR_CONFIGS, DetectorConfig
+from pegp_stream.config import PET_CONFIGS, DaemonConfig, EvalConfig, PetConfig, ReplayConfig
+from pegp_stream.drift import DETECTOR_CONFIGS, DetectorConfig
 
 BEGIN = "<!-- BEGIN GENERATED CONFIG REFERENCE: python -m pegp_stream.docs_config --write -->"
 END = "<!-- END GENERATED CONFIG REFERENCE -->"

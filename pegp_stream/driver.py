@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from .drift import BoundaryPolicy, Cause, Marker
-from .learner import Label, Learner, LearnResult
+from pegp_stream.core.learner import Label, Learner, LearnResult
+from pegp_stream.drift import BoundaryPolicy, Cause, Marker
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError
+from pegp_stream.errors import ConfigError
 
 T = TypeVar("T", bound=BaseModel)
 

@@ -20,14 +20,14 @@ TINY_BACKBONE = {
 
 def tiny_pet(kind: str) -> dict:
     """The `learner.pet` section the tests use for `kind`: the options its registration declares for a tiny ViT."""
-    from pegp_stream.pet import paradigm
+    from pegp_stream.core.pet import paradigm
 
     return {"kind": kind, **paradigm(kind).tiny_options}
 
 
 def trained_paradigms() -> list[str]:
     """Every registered PET paradigm that trains tensors (not "none", the frozen-backbone reference)."""
-    from pegp_stream.pet import paradigm, paradigms
+    from pegp_stream.core.pet import paradigm, paradigms
 
     return [kind for kind in paradigms() if paradigm(kind).trains]
 
@@ -70,7 +70,7 @@ def digits_segment(classes: tuple[int, ...], count: int, offset: int = 0) -> tup
 @pytest.fixture
 def broker():
     """A real embedded broker (Tansu) on a free port, for one test."""
-    from pegp_stream.stream.broker import EmbeddedBroker, free_port
+    from pegp_stream.kafka.broker import EmbeddedBroker, free_port
 
     with EmbeddedBroker(port=free_port()) as embedded:
         yield embedded
@@ -81,9 +81,9 @@ def digits_backbone(tmp_path_factory) -> str:
     """A tiny ViT pretrained on the digits train split (about 15 s on 2 cores, ~93% test accuracy), so
     tests about learning quality see useful features; a random ViT's pooled features barely vary."""
     from pegp_stream.config import BackboneConfig
-    from pegp_stream.datasets import load_dataset
-    from pegp_stream.pretrain import pretrain, save_backbone
-    from pegp_stream.stream.preprocess import to_model_input
+    from pegp_stream.core.prepare import to_model_input
+    from pegp_stream.core.pretrain import pretrain, save_backbone
+    from pegp_stream.data.datasets import load_dataset
 
     train = load_dataset("digits", split="train")
     images = to_model_input(train.images, (3, 32, 32), (0.5,) * 3, (0.5,) * 3)

@@ -18,8 +18,8 @@ from kafka import KafkaConsumer, TopicPartition
 from pegp_stream.checkpoint import CheckpointStore
 from pegp_stream.config import DaemonConfig, StreamConfig, to_config
 from pegp_stream.daemon import Daemon, record_id_hash
-from pegp_stream.stream.produce import ProduceOptions, produce
-from pegp_stream.stream.replay import build_stream
+from pegp_stream.data.streams import build_stream
+from pegp_stream.kafka.produce import ProduceOptions, produce
 
 
 def daemon_config(tmp_path: Path, bootstrap: str, topic: str, backbone_path: str | None = None, **overrides) -> dict:

@@ -9,8 +9,8 @@ from conftest import TINY_BACKBONE, digits_segment, tiny_pet, trained_paradigms
 from safetensors.torch import save_file
 
 from pegp_stream import CheckpointError, create_learner
-from pegp_stream.backbone import build_backbone
 from pegp_stream.config import BackboneConfig
+from pegp_stream.core.backbone import build_backbone
 
 
 @pytest.mark.parametrize("kind", trained_paradigms())

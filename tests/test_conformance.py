@@ -9,8 +9,8 @@ import torch
 from conftest import digits_segment, head_kinds, tiny_config, trained_paradigms
 
 from pegp_stream import create_learner
-from pegp_stream.backbone import build_backbone
 from pegp_stream.config import BackboneConfig
+from pegp_stream.core.backbone import build_backbone
 
 PARADIGMS = trained_paradigms()
 OPTIMIZERS = [{"name": "sgd", "lr": 0.05}, {"name": "adam", "lr": 0.01}]

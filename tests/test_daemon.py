@@ -31,8 +31,8 @@ from test_conformance import assert_state_equal
 
 from pegp_stream.config import KafkaConfig, to_config
 from pegp_stream.daemon import Daemon
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.source import KafkaSource
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
+from pegp_stream.kafka.source import KafkaSource
 
 
 def run_to_end(config: dict) -> Daemon:
@@ -152,7 +152,7 @@ def test_bad_records_go_to_the_dead_letter_topic_and_learning_goes_on(broker, tm
     from kafka import KafkaProducer
     from PIL import Image
 
-    from pegp_stream.stream.produce import ensure_topic
+    from pegp_stream.kafka.produce import ensure_topic
 
     ensure_topic(broker.bootstrap_servers, "mixed", 1)
     png = io.BytesIO()

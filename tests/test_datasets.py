@@ -1,4 +1,4 @@
-"""Tests for pegp_stream.datasets: the registry, each loader, checksums, the CIFAR-10 decode cache, torchvision's
+"""Tests for pegp_stream.data.datasets: the registry, each loader, checksums, the CIFAR-10 decode cache, torchvision's
 layouts and downloads (refused here), and the demo's choice of stream."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pegp_stream import datasets
 from pegp_stream.config import DaemonConfig, load
-from pegp_stream.datasets import (
+from pegp_stream.data import datasets
+from pegp_stream.data.datasets import (
     FASHION_MNIST_CLASS_NAMES,
     DatasetError,
     LabelledImages,
@@ -544,7 +544,7 @@ def test_svhn_from_torchvision_layout(tmp_path, no_network, trust_md5):
 
 
 def test_demo_streams_mnist_when_it_can_get_it_else_digits(tmp_path, monkeypatch, no_network, no_local_data):
-    from pegp_stream.demo import demo_stream_datasets
+    from pegp_stream.data.demo import demo_stream_datasets
 
     demo_stream_datasets.cache_clear()
     assert demo_stream_datasets() == ("digits",)

@@ -1,4 +1,4 @@
-"""Tests for pegp_stream.stream.decode and .encode: the record contract, its reason codes, and robustness."""
+"""Tests for pegp_stream.inputs.decode and .encode: the record contract, its reason codes, and robustness."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pegp_stream.errors import PegpError
-from pegp_stream.stream import decode as decode_module
-from pegp_stream.stream import encode as encode_module
-from pegp_stream.stream.decode import (
+from pegp_stream.inputs import decode as decode_module
+from pegp_stream.inputs import encode as encode_module
+from pegp_stream.inputs.decode import (
     DEFAULT_LIMITS,
     REASONS,
     DecodeError,
@@ -29,7 +29,7 @@ from pegp_stream.stream.decode import (
     Sample,
     decode_record,
 )
-from pegp_stream.stream.encode import EncodeError, encode_record
+from pegp_stream.inputs.encode import EncodeError, encode_record
 
 RNG = np.random.default_rng(0)
 SHAPES = [(5, 7), (5, 7, 1), (5, 7, 3), (5, 7, 4)]
@@ -170,7 +170,7 @@ def test_null_counts_as_absent():
 
 
 def test_decoded_arrays_are_fresh_and_feed_the_model_input():
-    from pegp_stream.stream.preprocess import to_model_input
+    from pegp_stream.core.prepare import to_model_input
 
     samples = [decode_record(*encode_record(IMAGES[shape], "a", image_format=f)) for shape in SHAPES
                for f in ("png", "raw")]

@@ -69,8 +69,8 @@ def _alerts() -> dict[str, str]:
 
 
 def test_alerts_use_exported_metric_names():
-    """Each alert the issue asks for exists and queries the metric names pegp_stream/metrics.py exports."""
-    metrics_source = (ROOT / "pegp_stream" / "metrics.py").read_text()
+    """Each alert the issue asks for exists and queries the metric names pegp_stream/serving/metrics.py exports."""
+    metrics_source = (ROOT / "pegp_stream" / "serving" / "metrics.py").read_text()
     expected = {
         "PegpConsumerLagGrowing": ["pegp_consumer_lag_records"],
         "PegpLearnerStalled": ["pegp_learner_heartbeat_age_seconds", "pegp_samples_learned_total"],
@@ -84,7 +84,7 @@ def test_alerts_use_exported_metric_names():
         for metric in metrics:
             assert metric in alerts[name], (name, metric)
             declared = metric.removesuffix("_total")
-            assert f'"{declared}"' in metrics_source, f"{metric} is not exported by pegp_stream/metrics.py"
+            assert f'"{declared}"' in metrics_source, f"{metric} is not exported by pegp_stream/serving/metrics.py"
 
 
 def test_every_alert_has_a_unit_test():
@@ -186,7 +186,7 @@ def test_grafana_provisioning_and_dashboard():
     providers = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/pegp-stream.yaml").read_text())
     assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     dashboard = json.loads((DEPLOY / "grafana/dashboards/pegp-stream.json").read_text())
-    metrics_source = (ROOT / "pegp_stream" / "metrics.py").read_text()
+    metrics_source = (ROOT / "pegp_stream" / "serving" / "metrics.py").read_text()
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     assert exprs and len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
     for panel in dashboard["panels"]:

@@ -13,8 +13,8 @@ from sklearn.datasets import load_digits
 from benchmarks.distill import copy_by_position, distill, load_teacher, readout, teacher_targets
 from pegp_stream import create_learner
 from pegp_stream.config import BackboneConfig
-from pegp_stream.pretrain import save_backbone
-from pegp_stream.stream.preprocess import to_model_input
+from pegp_stream.core.prepare import to_model_input
+from pegp_stream.core.pretrain import save_backbone
 
 
 def _digits(count: int) -> np.ndarray:

@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 from conftest import TINY_BACKBONE
 
-from pegp_stream import datasets
 from pegp_stream.cli import main
 from pegp_stream.config import EvalConfig, StreamConfig, to_config
+from pegp_stream.data import datasets
+from pegp_stream.data.corrupt import corrupt_images
+from pegp_stream.data.schedule import domain_incremental_schedule
+from pegp_stream.data.streams import build_stream, build_test_stream
 from pegp_stream.errors import ConfigError
-from pegp_stream.stream.corrupt import corrupt_images
-from pegp_stream.stream.replay import build_stream, build_test_stream
-from pegp_stream.stream.schedule import domain_incremental_schedule
 
 CORRUPTIONS = ("snow", "contrast", "pixelate")
 

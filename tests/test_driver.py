@@ -6,11 +6,11 @@ from __future__ import annotations
 from conftest import TINY_BACKBONE, tiny_config, tiny_pet
 
 from pegp_stream.config import EvalConfig, ReplayConfig
-from pegp_stream.datasets import load_dataset
-from pegp_stream.eval_run import run_eval
-from pegp_stream.learner import create_learner
-from pegp_stream.replay_run import replay
-from pegp_stream.stream.preprocess import to_model_input
+from pegp_stream.core.learner import create_learner
+from pegp_stream.core.prepare import to_model_input
+from pegp_stream.data.datasets import load_dataset
+from pegp_stream.evaluation.replay import replay
+from pegp_stream.evaluation.run import run_eval
 
 TASK_FREE = {"detector": {"kind": "feature_shift", "window": 8, "reference_window": 16, "threshold": 3.0},
              "min_segment_length": 20, "cooldown": 10}

@@ -15,9 +15,9 @@ from PIL import Image
 
 from pegp_stream.cli import main
 from pegp_stream.config import EvalConfig
-from pegp_stream.eval_run import run_eval
-from pegp_stream.evaluate import average_accuracy, backward_transfer, forgetting
-from pegp_stream.learner import create_learner
+from pegp_stream.core.learner import create_learner
+from pegp_stream.evaluation.prequential import average_accuracy, backward_transfer, forgetting
+from pegp_stream.evaluation.run import run_eval
 
 
 def eval_config(backbone: str | None = None, **overrides) -> EvalConfig:
@@ -45,8 +45,8 @@ def test_matrix_rows_at_true_segment_ends_match_the_learners_predictions(digits_
     assert [b["cause"] for b in result.learner_boundaries] == ["marker"] * 4
     assert [b["position"] for b in result.learner_boundaries] == result.true_boundaries == [80, 160, 240, 320]
     # the last row, recomputed independently from the learner the runner trained
-    from pegp_stream.stream.preprocess import to_model_input
-    from pegp_stream.stream.replay import build_stream
+    from pegp_stream.core.prepare import to_model_input
+    from pegp_stream.data.streams import build_stream
 
     test = build_stream(config.stream.model_copy(update={"split": "test", "limit_per_class": 15}))
     spec = learner.input_config

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pegp_stream.evaluate import PrequentialAccuracy, average_accuracy, backward_transfer, forgetting
+from pegp_stream.evaluation.prequential import PrequentialAccuracy, average_accuracy, backward_transfer, forgetting
 
 MATRIX = [
     [0.9, 0.0, 0.0],

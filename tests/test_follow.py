@@ -18,10 +18,10 @@ from daemon_support import daemon_config, produce_digits, start_process, typed, 
 from PIL import Image
 
 from pegp_stream.checkpoint import CheckpointStore
+from pegp_stream.core.prepare import to_model_input
 from pegp_stream.daemon import Daemon
-from pegp_stream.datasets import load_dataset
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.preprocess import to_model_input
+from pegp_stream.data.datasets import load_dataset
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
 
 
 def test_replica_serves_the_newest_checkpoint(tmp_path):
@@ -187,7 +187,7 @@ def test_a_damaged_download_is_rejected_and_the_snapshot_kept(caplog):
     from conftest import digits_segment, tiny_config
 
     from pegp_stream.checkpoint import encode_state
-    from pegp_stream.learner import create_learner
+    from pegp_stream.core.learner import create_learner
     from pegp_stream.serving.follow import CheckpointFollower
 
     learner = create_learner(tiny_config("adapter"))

@@ -31,11 +31,11 @@ from kafka import KafkaProducer
 from pegp_stream.checkpoint import CheckpointStore, encode_state
 from pegp_stream.config import StreamConfig
 from pegp_stream.daemon import Daemon
+from pegp_stream.data.streams import build_stream
 from pegp_stream.errors import CheckpointError
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.encode import encode_record
-from pegp_stream.stream.produce import ensure_topic
-from pegp_stream.stream.replay import build_stream
+from pegp_stream.inputs.encode import encode_record
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
+from pegp_stream.kafka.produce import ensure_topic
 
 
 def serving(config: dict, port: int, **http) -> dict:
@@ -373,7 +373,7 @@ def test_a_dead_letter_that_could_not_be_queued_is_sent_by_a_later_flush(tmp_pat
     from types import SimpleNamespace
 
     from pegp_stream.config import KafkaConfig, to_config
-    from pegp_stream.stream.dead_letter import DeadLetterSink
+    from pegp_stream.kafka.dead_letter import DeadLetterSink
 
     port = free_port()
     sink = DeadLetterSink(to_config(KafkaConfig, {"bootstrap_servers": f"127.0.0.1:{port}", "topic": "down"}))

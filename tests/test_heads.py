@@ -12,7 +12,7 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from pegp_stream import StateMismatchError, create_learner
 from pegp_stream.checkpoint import decode_state, encode_state
 from pegp_stream.config import HeadConfig
-from pegp_stream.head import RIDGE_GRID, RidgeHead, StreamingLDAHead, build_head
+from pegp_stream.core.heads import RIDGE_GRID, RidgeHead, StreamingLDAHead, build_head
 
 DIM, CAPACITY, CLASSES = 12, 16, 6
 HEADS = {

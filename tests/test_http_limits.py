@@ -27,9 +27,9 @@ from pegp_stream import create_learner
 from pegp_stream.checkpoint import CheckpointStore
 from pegp_stream.config import HttpConfig
 from pegp_stream.errors import ConfigError
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
 from pegp_stream.serving.app import HttpServer, create_app
 from pegp_stream.serving.snapshot import SnapshotPublisher
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
 
 LIMITS = {"max_body_bytes": 200_000, "max_request_pixels": 300 * 300, "max_connections": 16,
           "request_timeout_s": 1.0, "keep_alive_s": 1.0}

@@ -4,7 +4,11 @@ imports. Every import statement counts, wherever it stands (module level, inside
 
 An edge goes to the module an import names: `from .drift import X` imports the package pegp_stream.drift (its
 __init__.py), `from .drift.policy import X` the module policy only. The parent packages Python initialises on
-the way (pegp_stream/__init__.py for every module) are not edges: with them every module would import itself."""
+the way (pegp_stream/__init__.py for every module) are not edges: with them every module would import itself.
+
+The folders are layers (docs/architecture.md, "Module tree"): between the package's folders, imports go one way.
+The modules at the package root are the shared vocabulary (config, schema, errors, logs, checkpoint) and the
+places that compose the folders (driver, daemon, cli); they are left out of that check."""
 
 from __future__ import annotations
 
@@ -86,18 +90,18 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
     source.write_text(
         "import os\n"
         "from typing import TYPE_CHECKING\n"
-        f"import {ROOT}.stream.decode\n"
+        f"import {ROOT}.inputs.decode\n"
         "from .. import errors, schema\n"
         "from ..config import load\n"
         "from ..drift import BoundaryPolicy\n"
-        "from ..pet import base\n"
+        "from ..core.pet import base\n"
         "from .snapshot import SnapshotPublisher\n"
         "if TYPE_CHECKING:\n"
         "    from ..daemon import Daemon\n"
         "def late():\n"
         "    from ..drift.policy import Cause\n"
         "    from .. import __version__\n", encoding="utf-8")
-    expected = {"stream.decode", "errors", "schema", "config", "drift", "pet.base", "serving.snapshot", "daemon",
+    expected = {"inputs.decode", "errors", "schema", "config", "drift", "core.pet.base", "serving.snapshot", "daemon",
                 "drift.policy"}
     assert imported(source, f"{ROOT}.serving.app", modules) == {ROOT} | {f"{ROOT}.{name}" for name in expected}
     assert circles(nx.DiGraph([("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")])) == \
@@ -107,3 +111,28 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
 def test_the_package_has_no_import_circle():
     found = circles(import_graph())
     assert not found, "import circles in the package:\n" + "\n".join(found)
+
+
+def folder_of(module: str) -> str | None:
+    """The package's top folder a module lives in (pegp_stream.core for pegp_stream.core.pet.lora.layers), or
+    None for a module at the package root."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or (PACKAGE / parts[-1]).is_dir() and len(parts) == 2 else None
+
+
+def folder_graph(graph: nx.DiGraph) -> nx.DiGraph:
+    folders = nx.DiGraph()
+    for source, target in graph.edges:
+        a, b = folder_of(source), folder_of(target)
+        if a and b and a != b:
+            folders.add_edge(a, b)
+    return folders
+
+
+def test_folders_import_each_other_in_one_direction():
+    folders = folder_graph(import_graph())
+    assert {f"{ROOT}.core", f"{ROOT}.serving", f"{ROOT}.kafka"} <= set(folders)
+    assert folder_of(f"{ROOT}.core.pet.lora.layers") == folder_of(f"{ROOT}.core") == f"{ROOT}.core"
+    assert folder_of(f"{ROOT}.daemon") is None
+    found = circles(folders)
+    assert not found, "folders that import each other:\n" + "\n".join(found)

@@ -11,8 +11,8 @@ from conftest import digits_segment  # noqa: F401 - keeps conftest's fixtures im
 from daemon_support import daemon_config, digest, latest_state, produce_digits, typed, wait_for
 
 from pegp_stream.daemon import Daemon
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.source import OffsetOutOfRange
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
+from pegp_stream.kafka.source import OffsetOutOfRange
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_dead_letter_topic_is_created_like_the_input(tmp_path):
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient
 
-    from pegp_stream.stream.produce import ensure_topic
+    from pegp_stream.kafka.produce import ensure_topic
 
     with EmbeddedBroker(port=free_port()) as broker:
         ensure_topic(broker.bootstrap_servers, "input", 2)
@@ -136,9 +136,9 @@ def confluent_produce(bootstrap: str, topic: str, settings: dict, id_prefix: str
     from confluent_kafka import Producer
 
     from pegp_stream.config import StreamConfig
-    from pegp_stream.stream.encode import encode_record
-    from pegp_stream.stream.produce import ensure_topic
-    from pegp_stream.stream.replay import build_stream
+    from pegp_stream.data.streams import build_stream
+    from pegp_stream.inputs.encode import encode_record
+    from pegp_stream.kafka.produce import ensure_topic
 
     ensure_topic(bootstrap, topic, 1)
     stream = build_stream(StreamConfig(datasets=("digits",), limit_per_class=limit_per_class, classes_per_segment=2))

@@ -12,11 +12,11 @@ from kafka import KafkaProducer
 from pegp_stream import create_learner
 from pegp_stream.config import StreamConfig
 from pegp_stream.daemon import Daemon
-from pegp_stream.datasets import load_dataset
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.decode import canonical_label, decode_record
-from pegp_stream.stream.encode import encode_record
-from pegp_stream.stream.replay import build_stream
+from pegp_stream.data.datasets import load_dataset
+from pegp_stream.data.streams import build_stream
+from pegp_stream.inputs.decode import canonical_label, decode_record
+from pegp_stream.inputs.encode import encode_record
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
 
 
 @pytest.mark.parametrize(("label", "canonical"), [

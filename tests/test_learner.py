@@ -219,7 +219,7 @@ def test_lr_unit_parameter_applies_the_rate_to_the_raw_tensors():
 def test_refit_head_replaces_statistics_gathered_while_the_features_moved():
     """The joint reference's last pass: the head's statistics become those of the given samples at the final
     features (what a fresh head fed the same features holds), not a mix over epochs of moving features."""
-    from pegp_stream.head import build_head
+    from pegp_stream.core.heads import build_head
 
     learner = create_learner(tiny_config("adapter", head={"kind": "slda"}))
     x, y = digits_segment((0, 1, 2), 48)

@@ -10,10 +10,10 @@ import torch
 from conftest import TINY_BACKBONE, digits_segment, tiny_config
 
 from pegp_stream import StateMismatchError, create_learner
-from pegp_stream.backbone import build_backbone
 from pegp_stream.checkpoint import decode_state, encode_state
 from pegp_stream.config import BackboneConfig
-from pegp_stream.pretrain import save_backbone
+from pegp_stream.core.backbone import build_backbone
+from pegp_stream.core.pretrain import save_backbone
 
 
 def trained_state(config: dict) -> dict:
@@ -88,7 +88,7 @@ def test_an_older_state_without_a_layout_record_loads_with_a_warning(caplog):
     state = trained_state(tiny_config("adapter"))
     del state["layout"]
     learner = create_learner(tiny_config("adapter"))
-    with caplog.at_level(logging.WARNING, logger="pegp_stream.learner"):
+    with caplog.at_level(logging.WARNING, logger="pegp_stream.core.learner"):
         learner.load_state_dict(state)
     assert learner.updates == 2 and "not verified" in caplog.text
     with pytest.raises(StateMismatchError, match="learner.pet.rank: checkpoint has 8, config has 4"):

@@ -1,4 +1,4 @@
-"""A PET paradigm is one folder that registers itself (pegp_stream/pet/registry.py). Registering one, here a toy
+"""A PET paradigm is one folder that registers itself (pegp_stream/core/pet/registry.py). Registering one, here a toy
 paradigm defined in this test, makes it a valid `learner.pet.kind`, lists it in the configuration reference,
 and puts it in the lists the conformance and projection-property tests are parametrized from, with no edit to
 conftest.py; those tests' checks pass on it through its own declared test hooks."""
@@ -18,7 +18,7 @@ from torch import nn
 
 from pegp_stream import ConfigError, create_learner, docs_config
 from pegp_stream.config import LearnerConfig
-from pegp_stream.pet import Attachment, Paradigm, PetConfig, SpaceSpec, paradigm, paradigms, register, unregister
+from pegp_stream.core.pet import Attachment, Paradigm, PetConfig, SpaceSpec, paradigm, paradigms, register, unregister
 from pegp_stream.schema import to_config
 
 

@@ -1,5 +1,5 @@
-"""pet/prefix.py re-implements timm's `Attention.forward` to put learned keys and values in front of K and V.
-With prefixes of length zero it must be timm's own forward: checked on every timm ViT family the tests and
+"""core/pet/prefix/layers.py re-implements timm's `Attention.forward` to put learned keys and values in front of K
+and V. With prefixes of length zero it must be timm's own forward: checked on every timm ViT family the tests and
 benchmarks build and on every option of timm's `Attention` (qk_norm, the attention-output norm, the gate),
 with fused and unfused attention. A timm release that changes `Attention.forward` fails here instead of
 silently changing what the prefixes learn (pyproject pins the timm range this passes on)."""
@@ -15,8 +15,8 @@ from conftest import TINY_BACKBONE
 from timm.layers import Attention
 from torch import nn
 
-from pegp_stream.pet.base import FeatureTaps
-from pegp_stream.pet.prefix import PrefixAttention
+from pegp_stream.core.pet.base import FeatureTaps
+from pegp_stream.core.pet.prefix import PrefixAttention
 
 TINY = {k: v for k, v in TINY_BACKBONE.items() if k != "name"}
 FAMILIES = {  # name -> (timm model, create_model kwargs)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pegp_stream.projection import grow_basis, leakage, project_out, subspace_agreement, top_eigenpairs
-from pegp_stream.projection.basis import append_orthonormal, residual_covariance
+from pegp_stream.core.projection.basis import (
+    append_orthonormal,
+    grow_basis,
+    residual_covariance,
+    subspace_agreement,
+    top_eigenpairs,
+)
+from pegp_stream.core.projection.project import leakage, project_out
 
 
 def decaying_features(n: int, d: int, seed: int, decay: float = 0.9) -> torch.Tensor:

@@ -13,8 +13,9 @@ import torch
 from conftest import digits_segment, tiny_config, trained_paradigms
 
 from pegp_stream import create_learner
-from pegp_stream.pet import paradigm
-from pegp_stream.projection import grow_basis, leakage
+from pegp_stream.core.pet import paradigm
+from pegp_stream.core.projection.basis import grow_basis
+from pegp_stream.core.projection.project import leakage
 
 EPS = 0.97
 STEPS_A, STEPS_B, BATCH = 8, 50, 8

@@ -12,7 +12,7 @@ import yaml
 from daemon_support import daemon_config, produce_digits, typed, wait_for
 
 from pegp_stream.daemon import Daemon
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
 
 
 def query(url: str, promql: str) -> list:

@@ -1,4 +1,4 @@
-"""Tests for pegp_stream.stream.schedule: class-incremental schedules, blurry boundaries, concatenation."""
+"""Tests for pegp_stream.data.schedule: class-incremental schedules, blurry boundaries, concatenation."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pegp_stream.stream import schedule as schedule_module
-from pegp_stream.stream.schedule import (
+from pegp_stream.data import schedule as schedule_module
+from pegp_stream.data.schedule import (
     StreamItem,
     class_incremental_schedule,
     concat_schedules,

@@ -13,10 +13,10 @@ import pytest
 from daemon_support import daemon_config, produce_digits, typed, wait_for
 from PIL import Image
 
+from pegp_stream.core.prepare import to_model_input
 from pegp_stream.daemon import Daemon
-from pegp_stream.datasets import load_dataset
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.preprocess import to_model_input
+from pegp_stream.data.datasets import load_dataset
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
 
 TOKEN = "s3cret-token"
 

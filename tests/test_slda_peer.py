@@ -15,7 +15,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from pegp_stream.config import HeadConfig
-from pegp_stream.head import StreamingLDAHead
+from pegp_stream.core.heads import StreamingLDAHead
 
 pytest.importorskip("avalanche.training", reason="avalanche-lib is not installed (the `bench` extra)")
 

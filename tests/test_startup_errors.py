@@ -14,7 +14,7 @@ import torch
 import yaml
 from daemon_support import wait_for
 
-from pegp_stream.stream.broker import free_port
+from pegp_stream.kafka.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,7 +116,7 @@ SERVICE_LINKS = {"PEGP_SERVING_SERVICE_HOST": "10.96.0.12", "PEGP_SERVING_SERVIC
 
 @pytest.fixture(scope="module")
 def broker():
-    from pegp_stream.stream.broker import EmbeddedBroker
+    from pegp_stream.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker(port=free_port()) as embedded:
         yield embedded

@@ -1,4 +1,4 @@
-"""The daemon's published status (pegp_stream/status.py): metrics and the HTTP routes read that status and
+"""The daemon's published status (pegp_stream/serving/status.py): metrics and the HTTP routes read that status and
 nothing else of the daemon, and a published status never changes under a reader."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pegp_stream.config import HttpConfig
 from pegp_stream.daemon import Daemon
 from pegp_stream.serving.app import HttpServer, create_app
 from pegp_stream.serving.snapshot import SnapshotPublisher
-from pegp_stream.status import DaemonStatus, Durations
+from pegp_stream.serving.status import DaemonStatus, Durations
 
 
 def a_status(**changes) -> DaemonStatus:

@@ -14,9 +14,9 @@ from playwright.sync_api import sync_playwright
 
 from pegp_stream.config import StreamConfig
 from pegp_stream.daemon import Daemon
-from pegp_stream.stream.broker import EmbeddedBroker, free_port
-from pegp_stream.stream.produce import ProduceOptions, produce
-from pegp_stream.stream.replay import build_stream
+from pegp_stream.data.streams import build_stream
+from pegp_stream.kafka.broker import EmbeddedBroker, free_port
+from pegp_stream.kafka.produce import ProduceOptions, produce
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -22,7 +22,7 @@ A missing signal (None, e.g. a rejected row) or a non-finite one is not fed to t
 counts it in ``skipped`` (export it: ``skipped == samples`` means the detector is not wired up).
 """
 
-from .config import (
+from pegp_stream.drift.config import (
     DETECTOR_CONFIGS,
     AdwinConfig,
     DetectorConfig,
@@ -31,7 +31,7 @@ from .config import (
     NoDetectorConfig,
     PageHinkleyConfig,
 )
-from .detector import (
+from pegp_stream.drift.detector import (
     Adwin,
     BoundaryDetector,
     FeatureShift,
@@ -42,7 +42,7 @@ from .detector import (
     detectors,
     register_detector,
 )
-from .policy import BoundaryPolicy, Cause, Marker
+from pegp_stream.drift.policy import BoundaryPolicy, Cause, Marker
 
 __all__ = [
     "DETECTOR_CONFIGS", "Adwin", "AdwinConfig", "BoundaryDetector", "BoundaryPolicy", "Cause", "DetectorConfig",

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator
 
-from ..schema import Frozen, Positive, section_by_kind
+from pegp_stream.schema import Frozen, Positive, section_by_kind
 
 
 class DetectorConfig(Frozen):

@@ -12,8 +12,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, ConfigError
-from .config import (
+from pegp_stream.drift.config import (
     DETECTOR_CONFIGS,
     AdwinConfig,
     DetectorConfig,
@@ -22,6 +21,7 @@ from .config import (
     NoDetectorConfig,
     PageHinkleyConfig,
 )
+from pegp_stream.errors import CheckpointError, ConfigError
 
 Signal = Literal["loss", "features", "none"]
 

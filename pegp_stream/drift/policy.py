@@ -8,10 +8,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import CheckpointError
-from ..schema import to_config
-from .config import DriftConfig
-from .detector import Signal, _scalar, _vector, build_detector
+from pegp_stream.drift.config import DriftConfig
+from pegp_stream.drift.detector import Signal, _scalar, _vector, build_detector
+from pegp_stream.errors import CheckpointError
+from pegp_stream.schema import to_config
 
 Cause = Literal["marker", "operator", "detector"]
 Marker = str | int

@@ -22,17 +22,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
-from ..checkpoint import recorded_digest
-from ..config import HttpConfig
-from ..errors import ConfigError
-from ..metrics import build_registry
-from ..stream.decode import DecodeLimits, decode_image_bytes, decode_image_fields
-from .limits import BodyLimit, HeaderDeadline, PixelBudget
-from .page import STATUS_PAGE
-from .snapshot import SnapshotPublisher
+from pegp_stream.checkpoint import recorded_digest
+from pegp_stream.config import HttpConfig
+from pegp_stream.errors import ConfigError
+from pegp_stream.inputs.decode import DecodeLimits, decode_image_bytes, decode_image_fields
+from pegp_stream.serving.limits import BodyLimit, HeaderDeadline, PixelBudget
+from pegp_stream.serving.metrics import build_registry
+from pegp_stream.serving.page import STATUS_PAGE
+from pegp_stream.serving.snapshot import SnapshotPublisher
 
 if TYPE_CHECKING:
-    from ..status import DaemonHandle
+    from pegp_stream.serving.status import DaemonHandle
 
 
 class Instance(BaseModel):

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import CheckpointStore, decode_state
-from ..errors import CheckpointError
-from ..learner import Learner, create_learner
-from .snapshot import SnapshotPublisher
+from pegp_stream.checkpoint import CheckpointStore, decode_state
+from pegp_stream.core.learner import Learner, create_learner
+from pegp_stream.errors import CheckpointError
+from pegp_stream.serving.snapshot import SnapshotPublisher
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 from fastapi import HTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..stream.decode import DecodeError, DecodeLimits
+from pegp_stream.inputs.decode import DecodeError, DecodeLimits
 
 
 class BodyLimit:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..learner import Learner, Prediction
+from pegp_stream.core.learner import Learner, Prediction
 
 
 @dataclass(frozen=True)
