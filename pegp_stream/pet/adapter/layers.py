@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..base import Attachment, FeatureTaps, SpaceSpec, block_indices, check_rank
+from ..base import Attachment, FeatureTaps, SpaceSpec, block_indices, check_rank, submodule
 from ..registry import ProjectionOptions
 from .config import AdapterConfig
 
@@ -39,7 +39,8 @@ class ParallelAdapter(nn.Module):
         hidden = self.act(F.linear(x, self.down.weight.to(x.dtype)))
         self.taps.record(f"{self.space}.down", x)
         self.taps.record(f"{self.space}.up", hidden)
-        return self.base_layer(x, **kwargs) + self.scale * F.linear(hidden, self.up.weight.to(x.dtype))
+        frozen: torch.Tensor = self.base_layer(x, **kwargs)
+        return frozen + self.scale * F.linear(hidden, self.up.weight.to(x.dtype))
 
 
 def attach_adapter(
@@ -64,4 +65,5 @@ def attach_adapter(
 
 
 def adapter_modules(attachment: Attachment) -> dict[str, ParallelAdapter]:
-    return dict(attachment.modules["adapters"].items())
+    adapters = submodule(attachment.modules, "adapters", nn.ModuleDict)
+    return {b: submodule(adapters, b, ParallelAdapter) for b in adapters}

@@ -6,7 +6,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from ..base import Attachment
-from ..registry import Hook, Paradigm, register
+from ..registry import FeatureOf, Hook, Paradigm, register
 from .config import PromptConfig
 from .layers import DropPromptSlots, PromptedBlock, attach_prompt
 
@@ -23,7 +23,12 @@ def gather_features(model: VisionTransformer, attachment: Attachment, hook: Hook
             hook(before, spec.name, lambda out: out)
         else:
             stop = start + spec.params[0].shape[0]
-            hook(before, spec.name, lambda out, stop=stop: torch.cat([out[:, :start], out[:, stop:]], dim=1))
+            hook(before, spec.name, _without_slots(start, stop))
+
+
+def _without_slots(start: int, stop: int) -> FeatureOf:
+    """The tokens with the prompt slots [start, stop) removed."""
+    return lambda out: torch.cat([out[:, :start], out[:, stop:]], dim=1)
 
 
 register(Paradigm("prompt", PromptConfig, attach_prompt, tiny_options={"length": 4}, gather_features=gather_features))
