@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,7 @@ RIDGE_GRID = tuple(10.0 ** (k / 2) for k in range(-12, 7))  # 1e-6 .. 1e3, half-
 PROJECTION_SEED_OFFSET = 0x5EED
 
 
-def build_head(config: HeadConfig, dim: int, seed: int, linear_dtype: torch.dtype) -> nn.Module:
+def build_head(config: HeadConfig, dim: int, seed: int, linear_dtype: torch.dtype) -> Head:
     """The head `config.kind` names for `dim`-wide pooled features; `seed` is the learner's seed."""
     capacity = config.max_classes
     if config.kind == "ncm":
@@ -249,6 +249,17 @@ class RidgeHead(_SolvedHead):
         self.regularization = gcv_lambda(eigenvalues, (rotated**2).sum(0), int(self.counts.sum()))
         weight = (rotated / (eigenvalues + self.regularization)) @ vectors.T
         return weight, torch.zeros(live, dtype=STATS_DTYPE, device=weight.device)
+
+
+Head = LinearHead | NearestClassMeanHead | StreamingLDAHead | RidgeHead
+"""What `build_head` makes: `head(features, n_classes)` gives logits, `head.observe(features, targets)` learns."""
+
+
+@runtime_checkable
+class Compensating(Protocol):
+    """A head with class means that `compensate` moves with the features (`head.drift_compensation: sdc`)."""
+
+    def compensate(self, features: torch.Tensor, shift: torch.Tensor) -> None: ...
 
 
 def drift_shift(means: torch.Tensor, counts: torch.Tensor, features: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
