@@ -35,7 +35,9 @@ COMMANDS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`pegp-stream eval`", EvalConfig),
 )
 # Sections whose model is chosen by their `kind` key: the base class and the registry of kinds.
-BY_KIND: dict[type[BaseModel], Mapping[str, type[BaseModel]]] = {PetConfig: PET_CONFIGS, DetectorConfig: DETECTOR_CONFIGS}
+BY_KIND: dict[type[BaseModel], Mapping[str, type[BaseModel]]] = {
+    PetConfig: PET_CONFIGS, DetectorConfig: DETECTOR_CONFIGS
+}
 
 
 def render() -> str:
