@@ -347,6 +347,7 @@ class HttpServer:
         self.server = uvicorn.Server(uvicorn.Config(
             app, log_level="warning", access_log=False, limit_concurrency=config.max_connections, backlog=backlog,
             timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # uvicorn takes any number
+            # uvicorn calls `http` as a protocol factory; its annotation asks for a class, and a partial is none
             http=functools.partial(HeaderDeadline, timeout_s=config.request_timeout_s,  # type: ignore[arg-type]
                                    max_open=share - backlog),
         ))
