@@ -58,7 +58,10 @@ class CheckpointStore:
 
     @staticmethod
     def sequence_of(path: Path) -> int:
-        return int(_NAME.match(path.name).group(1))
+        match = _NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"{path.name} is not a checkpoint file name")
+        return int(match.group(1))
 
     def paths(self) -> list[Path]:
         """Existing checkpoint files, oldest first."""

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -18,7 +19,7 @@ DATA_DIR_HELP = ("folder with local data files (default: $PEGPSTREAM_DATA, else 
                  "in none are downloaded by torchvision into ~/.cache/pegp-stream/torchvision")
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     click.echo(f"error: {exc}", err=True)
     sys.exit(2)
 
@@ -75,7 +76,7 @@ def _follow_target(ctx: click.Context, param: click.Parameter, value: str) -> st
     """An http(s) URL as given; anything else must be usable as a directory."""
     if value.startswith(("http://", "https://")):
         return value
-    return click.Path(file_okay=False).convert(value, param, ctx)
+    return str(click.Path(file_okay=False).convert(value, param, ctx))
 
 
 @main.command()

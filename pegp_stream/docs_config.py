@@ -16,7 +16,7 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import annotated_types as at
@@ -35,12 +35,15 @@ COMMANDS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`pegp-stream eval`", EvalConfig),
 )
 # Sections whose model is chosen by their `kind` key: the base class and the registry of kinds.
-BY_KIND: dict[type[BaseModel], dict[str, type[BaseModel]]] = {PetConfig: PET_CONFIGS, DetectorConfig: DETECTOR_CONFIGS}
+BY_KIND: dict[type[BaseModel], Mapping[str, type[BaseModel]]] = {
+    PetConfig: PET_CONFIGS, DetectorConfig: DETECTOR_CONFIGS
+}
 
 
 def render() -> str:
     """The whole generated block, markers included."""
-    lines, done = [BEGIN, ""], {}
+    lines = [BEGIN, ""]
+    done: dict[type, str] = {}
     for title, model in COMMANDS:
         lines += [f"### {title}", ""]
         lines += list(_section(model, "", done, level=4))
@@ -84,7 +87,7 @@ def _subsection(nested: type[BaseModel], key: str, info: FieldInfo, done: dict[t
     if kinds is None:
         yield from _section(nested, key, done, level)
         return
-    default = info.default_factory().kind if info.default_factory else info.default.kind
+    default = info.get_default(call_default_factory=True).kind
     yield f"{'#' * level} `{key}`"
     yield ""
     choices = ", ".join(f"`{kind}`" for kind in kinds)
@@ -146,7 +149,7 @@ def _bound(item: object) -> str:
 
 
 def _default(info: FieldInfo) -> str:
-    value = info.default_factory() if info.default_factory else info.default
+    value = info.get_default(call_default_factory=True)
     if isinstance(value, tuple):
         value = list(value)
     return f"`{json.dumps(value)}`"

@@ -78,9 +78,10 @@ class StreamDriver:
             if learned:
                 learned(run)
             position += len(run.accepted)
-            detected = None
-            for i in run.accepted:
-                detected = self.policy.after(run.result.sample_losses[i], run.result.features[i]) or detected
+            detected, features = None, run.result.features
+            if features is not None:  # None only when every row was rejected: then no row was accepted
+                for i in run.accepted:
+                    detected = self.policy.after(run.result.sample_losses[i], features[i]) or detected
             if detected:
                 step.boundaries.append(self._boundary(detected, position))
         return step

@@ -8,4 +8,5 @@ if ! command -v promtool >/dev/null || ! command -v chromium >/dev/null; then
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus chromium
 fi
 .venv/bin/ruff check pegp_stream tests benchmarks
+.venv/bin/python -m mypy  # the package; [tool.mypy] in pyproject.toml says what is strict
 .venv/bin/python -m pytest -q --durations=10 "$@"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TypeVar
 
 import timm
 import torch
@@ -90,7 +91,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def freeze(model: torch.nn.Module) -> torch.nn.Module:
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def freeze(model: ModuleT) -> ModuleT:
     """Switch off gradients and training behaviour (dropout, drop-path) for every backbone weight."""
     model.requires_grad_(False)
     return model.eval()

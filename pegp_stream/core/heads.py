@@ -16,6 +16,8 @@ silent, logit 0, until its class is seen). `build_head` makes the head `HeadConf
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ RIDGE_GRID = tuple(10.0 ** (k / 2) for k in range(-12, 7))  # 1e-6 .. 1e3, half-
 PROJECTION_SEED_OFFSET = 0x5EED
 
 
-def build_head(config: HeadConfig, dim: int, seed: int, linear_dtype: torch.dtype) -> nn.Module:
+def build_head(config: HeadConfig, dim: int, seed: int, linear_dtype: torch.dtype) -> Head:
     """The head `config.kind` names for `dim`-wide pooled features; `seed` is the learner's seed."""
     capacity = config.max_classes
     if config.kind == "ncm":
@@ -61,6 +63,9 @@ class LinearHead(nn.Module):
 class NearestClassMeanHead(nn.Module):
     """Logits are cosine similarities to running class means, divided by a temperature. The means are
     updated from the training forward's features; the PET tensors learn through these logits."""
+
+    means: torch.Tensor  # buffers, declared for the type checker (nn.Module.__getattr__ returns Tensor | Module)
+    counts: torch.Tensor
 
     def __init__(self, capacity: int, dim: int, temperature: float) -> None:
         super().__init__()
@@ -95,10 +100,15 @@ class _SolvedHead(nn.Module):
     a mix. Subclasses keep a `counts` buffer (samples per class) and implement `_solve(live)` for the first
     `live` rows."""
 
+    counts: torch.Tensor  # a buffer every subclass registers
+
     def __init__(self) -> None:
         super().__init__()
         self._solved: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._invalidate())
+        # torch leaves this method unannotated; untyped_calls_exclude does not reach a call through self
+        self.register_load_state_dict_post_hook(  # type: ignore[no-untyped-call]
+            lambda module, _keys: module._invalidate()
+        )
 
     def forward(self, features: torch.Tensor, n_classes: int) -> torch.Tensor:
         weight, bias = self.solution()
@@ -123,9 +133,11 @@ class _SolvedHead(nn.Module):
     def _invalidate(self) -> None:
         self._solved = None
 
-    def _apply(self, fn, *args, **kwargs):  # .to(device) / .double(): the cache would stay behind
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any) -> Self:
+        # .to(device) / .double(): the cache would stay behind
         self._invalidate()
-        return super()._apply(fn, *args, **kwargs)
+        applied: Self = super()._apply(fn, *args, **kwargs)  # type: ignore[no-untyped-call]  # torch: unannotated
+        return applied
 
 
 class StreamingLDAHead(_SolvedHead):
@@ -138,6 +150,9 @@ class StreamingLDAHead(_SolvedHead):
 
     avalanche's per-sample recursion is not exact: it weights each sample's scatter by the global count
     and scores a class's first sample against a zero mean; the difference vanishes as N grows."""
+
+    means: torch.Tensor  # buffers
+    scatter: torch.Tensor
 
     def __init__(self, capacity: int, dim: int, shrinkage: float) -> None:
         super().__init__()
@@ -197,6 +212,10 @@ class RidgeHead(_SolvedHead):
     P is drawn from a private generator seeded with `seed` and kept as a buffer, so it is in the checkpoint
     and a resumed learner uses the very matrix it learned with."""
 
+    projection: torch.Tensor | None  # buffers
+    gram: torch.Tensor
+    class_sums: torch.Tensor
+
     def __init__(self, capacity: int, dim: int, random_features: int, seed: int) -> None:
         super().__init__()
         width = random_features or dim
@@ -230,6 +249,17 @@ class RidgeHead(_SolvedHead):
         self.regularization = gcv_lambda(eigenvalues, (rotated**2).sum(0), int(self.counts.sum()))
         weight = (rotated / (eigenvalues + self.regularization)) @ vectors.T
         return weight, torch.zeros(live, dtype=STATS_DTYPE, device=weight.device)
+
+
+Head = LinearHead | NearestClassMeanHead | StreamingLDAHead | RidgeHead
+"""What `build_head` makes: `head(features, n_classes)` gives logits, `head.observe(features, targets)` learns."""
+
+
+@runtime_checkable
+class Compensating(Protocol):
+    """A head with class means that `compensate` moves with the features (`head.drift_compensation: sdc`)."""
+
+    def compensate(self, features: torch.Tensor, shift: torch.Tensor) -> None: ...
 
 
 def drift_shift(means: torch.Tensor, counts: torch.Tensor, features: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from timm.data import resolve_data_config
 
 from pegp_stream.config import HeadConfig, LearnerConfig, to_config, trainer_kind
 from pegp_stream.core.backbone import build_backbone
-from pegp_stream.core.heads import LinearHead, build_head
+from pegp_stream.core.heads import Compensating, Head, LinearHead, build_head
 from pegp_stream.core.pet import attach
 from pegp_stream.core.pet.base import FeatureTaps
 from pegp_stream.core.prepare import to_model_input
@@ -95,7 +95,7 @@ class Learner:
         # every head that observes the features: the predicting one, and the one the loss reads if another
         self.heads = [self.head] if self.trainer is self.head else [self.head, self.trainer]
         compensating = config.head.drift_compensation == "sdc"
-        self._compensated = [head for head in self.heads if compensating and hasattr(head, "compensate")]
+        self._compensated = [head for head in self.heads if compensating and isinstance(head, Compensating)]
         self.input_size = (self.backbone.patch_embed.proj.in_channels, *self.backbone.patch_embed.img_size)
         _choose_attention(self.backbone, config.backbone.attention, self.device, self.autocast_dtype)
         self.backbone.to(self.device)
@@ -458,7 +458,7 @@ class Learner:
     def _pooled(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_head(self.backbone.forward_features(images), pre_logits=True)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -516,7 +516,7 @@ class _Step:
     pooled: torch.Tensor  # the features the loss read, in the graph
 
 
-def _trainer(config: HeadConfig, head: torch.nn.Module, dim: int, seed: int) -> torch.nn.Module:
+def _trainer(config: HeadConfig, head: Head, dim: int, seed: int) -> Head:
     """The module whose logits the PET's loss reads (`head.train_through`): the head itself, or a head of
     another kind kept beside it, observing the same features."""
     if config.trainer == "head":
@@ -525,7 +525,7 @@ def _trainer(config: HeadConfig, head: torch.nn.Module, dim: int, seed: int) -> 
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])).item()
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors])))
 
 
 def _nonfinite_rows(images: torch.Tensor) -> list[int]:
@@ -541,7 +541,8 @@ def _choose_attention(model: torch.nn.Module, mode: str, device: torch.device, d
         mode = "eager" if device.type == "cpu" and dtype == torch.bfloat16 else "fused"
     for module in model.modules():
         if hasattr(module, "fused_attn"):
-            module.fused_attn = mode == "fused"
+            # torch types Module.__setattr__'s value as Tensor | Module; timm's switch is a plain bool attribute
+            module.fused_attn = mode == "fused"  # type: ignore[assignment]
 
 
 def _resolve_device(name: str) -> torch.device:

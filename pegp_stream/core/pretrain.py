@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def pretrain(
     augment: bool = True,
     seed: int = 0,
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
-    log=None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[torch.nn.Module, PretrainReport]:
     """Train `config`'s model from scratch on normalised `images` (N, C, H, W) with int `labels`.
 

@@ -32,7 +32,7 @@ import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -423,7 +423,7 @@ def _write_cache_atomically(cache_file: Path, arrays: dict[str, np.ndarray]) -> 
     fd, temp_name = tempfile.mkstemp(dir=cache_file.parent, prefix=f".{cache_file.stem}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as stream:
-            np.savez(stream, **arrays)
+            np.savez(stream, allow_pickle=True, **arrays)  # numpy's default, named so **arrays cannot be it
         os.replace(temp_name, cache_file)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
@@ -446,7 +446,10 @@ def _decode_split_archive(archive: Path) -> dict[str, np.ndarray]:
                     continue
                 if PurePosixPath(parts[2]).suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                data = tar.extractfile(member).read()
+                stream = tar.extractfile(member)
+                if stream is None:  # not a regular file (isfile() above rules that out)
+                    continue
+                data = stream.read()
                 image = _decode_image(data, f"{archive}:{member.name}", gray=False)
                 members[parts[0]].append((parts[1], parts[2], image))
     except (tarfile.TarError, OSError, EOFError) as error:
@@ -485,7 +488,7 @@ class _Source:
     read_shared: SharedReader | None = None
 
 
-def _torchvision_set(source: _Source, root: Path, split: str, download: bool) -> object:
+def _torchvision_set(source: _Source, root: Path, split: str, download: bool) -> Any:
     """Construct torchvision's data set object for `split` under `root` (raises RuntimeError when absent)."""
     import torchvision.datasets
 
@@ -495,7 +498,7 @@ def _torchvision_set(source: _Source, root: Path, split: str, download: bool) ->
     return factory(str(root), train=split == "train", download=download)
 
 
-def _from_torchvision(dataset: object, source: _Source) -> LabelledImages:
+def _from_torchvision(dataset: Any, source: _Source) -> LabelledImages:
     """Convert a torchvision data set (MNIST-like tensors, CIFAR's NHWC arrays, SVHN's NCHW arrays)."""
     images = np.asarray(dataset.data, dtype=np.uint8)
     if source.torchvision_class == "SVHN":  # SVHN stores channels first
@@ -507,7 +510,7 @@ def _from_torchvision(dataset: object, source: _Source) -> LabelledImages:
 
 def _read_local(source: _Source, folder: Path, split: str, cache_dir: Path | None) -> LabelledImages | None:
     """The split from `folder`'s shared-format file, else from torchvision's layout there; None if neither."""
-    if source.shared_file and (path := _shared_file(folder, source.shared_file)) is not None:
+    if source.shared_file and source.read_shared and (path := _shared_file(folder, source.shared_file)) is not None:
         return source.read_shared(path, split, cache_dir)
     try:
         return _from_torchvision(_torchvision_set(source, folder, split, download=False), source)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,10 +24,10 @@ from pegp_stream.data.datasets import default_cache_dir, load_dataset
 
 logger = logging.getLogger(__name__)
 
-DEMO_BACKBONE = {
+DEMO_BACKBONE: dict[str, Any] = {
     "name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4,
 }
-DEMO_PRETRAIN = {"epochs": 15, "batch_size": 64, "lr": 3e-3, "augment": False, "seed": 0}
+DEMO_PRETRAIN: dict[str, Any] = {"epochs": 15, "batch_size": 64, "lr": 3e-3, "augment": False, "seed": 0}
 
 
 def demo_backbone(cache_dir: Path | None = None, log: Callable[[str], None] | None = None) -> Path:

@@ -213,6 +213,7 @@ class FeatureShift(BoundaryDetector):
         self._ref_var = (1.0 - rate) * (self._ref_var + rate * diff * diff)
 
     def _distance(self) -> float:
+        assert self._recent is not None and self._ref_var is not None, "update sets the arrays before the first call"
         var = self._ref_var + (1e-6 * float(self._ref_var.mean()) + 1e-12)  # floor: near-constant dimensions
         scale = var * (1.0 / self.window + 1.0 / min(self._ref_n, self.reference_window))
         return float(np.mean((self._recent.mean(axis=0) - self._ref_mean) ** 2 / scale))
@@ -336,7 +337,8 @@ class Adwin(BoundaryDetector):
 # --------------------------------------------------------------------------------------------------------
 # registry
 
-DetectorFactory = Callable[[DetectorConfig], BoundaryDetector]
+# Any: a factory takes its own config class, the one registered under its name (build_detector passes only that).
+DetectorFactory = Callable[[Any], BoundaryDetector]
 _REGISTRY: dict[str, DetectorFactory] = {}
 _NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from pegp_stream.config import EvalConfig
 from pegp_stream.core.heads import build_head
-from pegp_stream.core.learner import Learner, create_learner
+from pegp_stream.core.learner import Label, Learner, create_learner
 from pegp_stream.data.streams import LabelledStream, StreamRecord, build_stream, build_test_stream
 from pegp_stream.drift import BoundaryPolicy
 from pegp_stream.driver import StreamDriver
@@ -52,9 +53,10 @@ def _run_online(config, learner, train, tests, log) -> EvalResult:
     segments = len(tests)
     remaining = np.bincount([item.segment for item in train.items], minlength=segments)
     policy = BoundaryPolicy(config.drift.model_copy(update={"markers": config.stream.markers}))
-    prequential, curve = PrequentialAccuracy(), []
-    matrix: list[list[float | None]] = []
-    probe: list[list[float | None]] = []
+    prequential = PrequentialAccuracy()
+    curve: list[tuple[int, float, float]] = []
+    square: list[list[float]] = []  # row i: accuracy on segments 0..i after learning segment i
+    probe_square: list[list[float]] = []
     boundaries: list[dict] = []
     true_boundaries = _true_boundaries(train)
     train_seconds = eval_seconds = 0.0
@@ -72,30 +74,33 @@ def _run_online(config, learner, train, tests, log) -> EvalResult:
             curve.append((records, round(prequential.windowed, 4), round(prequential.cumulative, 4)))
         for record in batch:
             remaining[record.segment] -= 1
-        while len(matrix) < segments and remaining[len(matrix)] == 0:
+        while len(square) < segments and remaining[len(square)] == 0:
             started = time.perf_counter()
-            seen = len(matrix) + 1
-            matrix.append([_accuracy(learner, *tests[j]) for j in range(seen)] + [None] * (segments - seen))
+            seen = len(square) + 1
+            square.append([_accuracy(learner, *tests[j]) for j in range(seen)])
             if config.probe:
-                probe.append(_probe_accuracies(learner, tests[:seen]) + [None] * (segments - seen))
+                probe_square.append(_probe_accuracies(learner, tests[:seen]))
             eval_seconds += time.perf_counter() - started
             if log:
                 log(f"{config.name}: after segment {seen - 1} ({records} records): "
-                    f"{' '.join(f'{v:.2f}' for v in matrix[-1][:seen])}")
+                    f"{' '.join(f'{v:.2f}' for v in square[-1])}")
     curve.append((records, round(prequential.windowed, 4), round(prequential.cumulative, 4)))
-    square = [row[: i + 1] for i, row in enumerate(matrix)]
+    measured: dict[str, Any] = {}
     if config.probe:
-        probe_square = [row[: i + 1] for i, row in enumerate(probe)]
-        measured = {"probe_matrix": probe, "probe_average_accuracy": average_accuracy(probe_square),
+        measured = {"probe_matrix": _padded(probe_square, segments),
+                    "probe_average_accuracy": average_accuracy(probe_square),
                     "probe_forgetting": forgetting(probe_square)}
-    else:
-        measured = {}
     return _result(
-        config, learner, tests, **measured, matrix=matrix, average_accuracy=average_accuracy(square),
+        config, learner, tests, **measured, matrix=_padded(square, segments), average_accuracy=average_accuracy(square),
         forgetting=forgetting(square), backward_transfer=backward_transfer(square),
         prequential_accuracy=prequential.cumulative, curve=curve, true_boundaries=true_boundaries,
         learner_boundaries=boundaries, records=records, train_seconds=train_seconds, eval_seconds=eval_seconds,
     )
+
+
+def _padded(square: list[list[float]], segments: int) -> list[list[float | None]]:
+    """The accuracy matrix: each row of `square` with None for the segments not learned yet."""
+    return [[*row, *[None] * (segments - len(row))] for row in square]
 
 
 def _result(config: EvalConfig, learner: Learner, tests: list, **measured) -> EvalResult:
@@ -140,7 +145,8 @@ def _run_joint(config, learner, train, tests, log) -> EvalResult:
     )
 
 
-def _batches(train: LabelledStream, batch_size: int, learner: Learner, order: Sequence[int] | None = None):
+def _batches(train: LabelledStream, batch_size: int, learner: Learner,
+             order: Sequence[int] | np.ndarray | None = None):
     """(model-input images, labels) of the training items, `batch_size` at a time, in `order` (default: as
     stored)."""
     order = range(len(train.items)) if order is None else order
@@ -152,7 +158,7 @@ def _batches(train: LabelledStream, batch_size: int, learner: Learner, order: Se
 # ------------------------------------------------------------------------------------------------ test data
 
 
-def _test_sets(test: LabelledStream, learner: Learner, batch_size: int) -> list[tuple[list[torch.Tensor], list[str]]]:
+def _test_sets(test: LabelledStream, learner: Learner, batch_size: int) -> list[tuple[list[torch.Tensor], list[Label]]]:
     """Per segment: the test images as model-input batches (prepared once) and their labels."""
     by_segment: dict[int, list[StreamRecord]] = {}
     for record in test:
@@ -166,7 +172,7 @@ def _test_sets(test: LabelledStream, learner: Learner, batch_size: int) -> list[
     return sets
 
 
-def _probe_accuracies(learner: Learner, tests: Sequence[tuple[list[torch.Tensor], list[str]]]) -> list[float]:
+def _probe_accuracies(learner: Learner, tests: Sequence[tuple[list[torch.Tensor], list[Label]]]) -> list[float]:
     """Per seen segment: accuracy of a readout of the learner's head kind (cosine nearest class mean for a
     linear head, which has no statistics to refit) fit afresh on the current features of the even-numbered
     held-out rows of every seen class, scored on the odd-numbered ones. Against the learner's own accuracy it
@@ -188,7 +194,7 @@ def _probe_accuracies(learner: Learner, tests: Sequence[tuple[list[torch.Tensor]
     return scores
 
 
-def _accuracy(learner: Learner, batches: Sequence[torch.Tensor], labels: Sequence[str]) -> float:
+def _accuracy(learner: Learner, batches: Sequence[torch.Tensor], labels: Sequence[Label]) -> float:
     predicted: list = []
     for images in batches:
         predicted += learner.predict_many(images).labels

@@ -265,20 +265,21 @@ def _json_ts(value: object) -> float | None:
 # --- binary form ---------------------------------------------------------------------------------------
 
 
-def _decode_binary(data: bytes, headers: object, limits: DecodeLimits) -> Sample:
+def _decode_binary(data: bytes, headers: Sequence[tuple[str, bytes]], limits: DecodeLimits) -> Sample:
     text = _header_texts(headers)
     label = _label(text.get("label"), "header label", limits)
     identity = _optional_key(text.get("id"), "header id", limits)
     segment = _optional_key(text.get("segment"), "header segment", limits)
-    ts = None if text.get("ts") is None else _text_ts(text["ts"], "header ts")
+    raw_ts = text.get("ts")
+    ts = None if raw_ts is None else _text_ts(raw_ts, "header ts")
     return Sample(_decode_image(data, "value", limits), label, identity, segment, ts)
 
 
-def _header_texts(headers: object) -> dict[str, str | None]:
+def _header_texts(headers: Sequence[tuple[str, bytes]]) -> dict[str, str | None]:
     """The known headers as text (the last of a repeated name wins; a None value counts as absent)."""
     found: dict[str, object] = {}
     try:
-        for name, raw in headers:  # type: ignore[attr-defined]
+        for name, raw in headers:  # what a record carries is checked here, whatever its declared type
             if isinstance(name, str) and name in _HEADER_NAMES:
                 found[name] = raw
     except (TypeError, ValueError):

@@ -80,17 +80,20 @@ class EmbeddedBroker:
     def wait(self, grace: float = 5.0) -> int:
         """Block until the broker exits. Returns 0 when it exits after `request_stop()` (however it ends),
         otherwise its exit status (an unexpected exit)."""
+        process = self.process
+        if process is None:
+            raise BrokerError("the broker was not started")
         while True:
             try:
-                code = self.process.wait(timeout=0.2)
+                code = process.wait(timeout=0.2)
                 return 0 if self._stop_requested_at is not None else code
             except subprocess.TimeoutExpired:
                 if self._stop_requested_at is None:
                     continue
                 if time.monotonic() - self._stop_requested_at > grace:
-                    self.process.kill()
+                    process.kill()
                 else:  # again: a stop requested while `start()` ran found no process to signal
-                    self.process.terminate()
+                    process.terminate()
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.process is None or self.process.poll() is not None:

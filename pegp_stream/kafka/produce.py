@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -23,8 +24,8 @@ class ProduceOptions:
     bootstrap_servers: str
     partitions: int = 1
     markers: bool = True  # send each record's segment (explicit boundaries)
-    fmt: str = "json"  # json | binary
-    image_format: str = "png"  # png | jpeg | raw (raw: json only)
+    fmt: Literal["json", "binary"] = "json"
+    image_format: Literal["png", "jpeg", "raw"] = "png"  # raw: json only
     id_prefix: str = "r"
     rate: float | None = None  # records per second; None = as fast as possible
     repeat: int = 1  # send the stream this many times (ids stay unique)

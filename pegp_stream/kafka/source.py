@@ -88,6 +88,13 @@ class KafkaSource:
     def resets(self) -> int:
         return sum(self.resets_by_partition.values())
 
+    @property
+    def _connected(self) -> KafkaConsumer:
+        """The consumer `connect` made; what reads or seeks runs only between `connect` and `close`."""
+        if self.consumer is None:
+            raise RuntimeError("the Kafka source is not connected")
+        return self.consumer
+
     # ------------------------------------------------------------------ connection
 
     def connect(self, offsets: dict[int, int], stop: Stop, topic_id: str | None = None) -> bool:
@@ -201,14 +208,14 @@ class KafkaSource:
         fetched = self._poll(timeout_ms)
         if fetched is None or self._check_topic_id():
             return  # after a replaced topic, the records just fetched came from the new log at the old positions
-        marks = {tp.partition: self.consumer.highwater(tp) for tp in self.partitions}
+        marks = {tp.partition: self._connected.highwater(tp) for tp in self.partitions}
         self._highwater = {p: mark for p, mark in marks.items() if mark is not None}  # one swap: read elsewhere
         for tp in self.partitions:
             if tp.partition in self._to_end:
                 self._skip_to_end(tp, bool(fetched.get(tp)))
             elif fetched.get(tp):
                 self._buffers[tp.partition].extend(fetched[tp])
-            self._fetched[tp.partition] = self.consumer.position(tp, timeout_ms=1000) or self._fetched[tp.partition]
+            self._fetched[tp.partition] = self._connected.position(tp, timeout_ms=1000) or self._fetched[tp.partition]
             if self._fetched[tp.partition] > self._highwater.get(tp.partition, self._fetched[tp.partition]):
                 self._out_of_range(tp, "is beyond the log end:")
 
@@ -216,7 +223,7 @@ class KafkaSource:
         """One poll; None when it failed. A retriable failure is logged; an out-of-range position follows
         `kafka.offset_reset`; an undecodable fetch raises (kafka-python would spin on it at full CPU)."""
         try:
-            return self.consumer.poll(timeout_ms=min(timeout_ms, 200))
+            return self._connected.poll(timeout_ms=min(timeout_ms, 200))
         except (OffsetOutOfRangeError, NoOffsetForPartitionError, LogTruncationError) as exc:  # real Kafka says so
             named = exc.args[0] if exc.args and isinstance(exc.args[0], dict | set) else self.partitions
             for tp in named:
@@ -244,13 +251,13 @@ class KafkaSource:
 
     def _current_topic_id(self) -> str | None:
         # from the latest metadata response (kafka-python has no public accessor for it)
-        topic_id = self.consumer._client.cluster.topic_id(self.config.topic)
+        topic_id = self._connected._client.cluster.topic_id(self.config.topic)
         return str(topic_id) if topic_id is not None else None
 
     def _fresh_topic_id(self) -> str | None:
         """The topic's id in a metadata response asked for now; None when the topic does not exist (yet) or
         the broker did not answer in time, and then the next id seen is taken as the log's."""
-        consumer = self.consumer  # as KafkaConsumer.topics() asks, with a bound on the wait
+        consumer = self._connected  # as KafkaConsumer.topics() asks, with a bound on the wait
         try:
             consumer._net.run(consumer._manager.wait_for, consumer._cluster.request_update(), 2000)
         except KafkaError:
@@ -290,9 +297,9 @@ class KafkaSource:
         self._buffers[tp.partition].clear()
         self._handed.pop(tp.partition, None)
         self._fetched[tp.partition] = start if setting == "earliest" else end
-        self.consumer.seek(tp, self._fetched[tp.partition])
+        self._connected.seek(tp, self._fetched[tp.partition])
         if setting == "latest":
-            self._to_end[tp.partition] = self.consumer.highwater(tp)
+            self._to_end[tp.partition] = self._connected.highwater(tp)
         if not marks_stale:
             # our position is now in the log the broker has at present, whatever id the cached metadata still
             # gives (a restarted broker answers before the topic is created again: the id seen next is its)
@@ -310,14 +317,14 @@ class KafkaSource:
             return
         del self._to_end[tp.partition]
         if mark is not None and mark > self._fetched[tp.partition]:
-            self.consumer.seek(tp, mark)
+            self._connected.seek(tp, mark)
 
     def _log_bounds(self, tp: TopicPartition, marks_stale: bool = False) -> tuple[int, int]:
         """(log start, log end) of `tp`: ListOffsets, the end raised to the latest fetch's high watermark
         (Tansu's ListOffsets answers the last batch's base offset + 1)."""
-        start = self.consumer.beginning_offsets([tp], timeout_ms=5000)[tp]
-        end = self.consumer.end_offsets([tp], timeout_ms=5000)[tp]
-        return start, end if marks_stale else max(end, self.consumer.highwater(tp) or 0)
+        start = self._connected.beginning_offsets([tp], timeout_ms=5000)[tp]
+        end = self._connected.end_offsets([tp], timeout_ms=5000)[tp]
+        return start, end if marks_stale else max(end, self._connected.highwater(tp) or 0)
 
     # ------------------------------------------------------------------ offsets
 
@@ -327,7 +334,7 @@ class KafkaSource:
             return
         self._end_checked = now
         try:
-            ends = self.consumer.end_offsets(self.partitions, timeout_ms=2000)
+            ends = self._connected.end_offsets(self.partitions, timeout_ms=2000)
         except KafkaError as exc:
             log.warning("end offsets unavailable (%s: %s)", type(exc).__name__, exc)
             return
@@ -350,7 +357,7 @@ class KafkaSource:
     def commit(self, offsets: dict[int, int]) -> None:
         """Commit next offsets for lag tooling. Advisory: the checkpoint is the source of truth."""
         try:
-            self.consumer.commit({TopicPartition(self.config.topic, p): OffsetAndMetadata(o, "", -1)
+            self._connected.commit({TopicPartition(self.config.topic, p): OffsetAndMetadata(o, "", -1)
                                   for p, o in offsets.items()}, timeout_ms=5000)
         except KafkaError as exc:
             log.warning("offset commit failed (%s: %s); the checkpoint holds the offsets", type(exc).__name__, exc)

@@ -9,6 +9,7 @@ import functools
 import hmac
 import resource
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -124,7 +125,7 @@ class ReadyOut(BaseModel):
 
 
 DOCS_ASSETS = "/docs-assets"
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 408, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 408, 413, 422, 503)}
 
 
 def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: DaemonHandle | None = None,
@@ -188,7 +189,7 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: DaemonH
         batch = predictor.prepare(images)
         prediction = predictor.predict(batch)
         k = min(top_k or config.top_k, len(prediction.classes))
-        answers = []
+        answers: list[dict[str, Any]] = []
         for row in range(batch.shape[0]):
             if not prediction.classes:
                 answers.append({"label": None, "score": None, "top_k": []})
@@ -261,9 +262,11 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: DaemonH
         """The learner's newest checkpoint file, for replicas that follow it over HTTP (`serve --follow URL`).
         The ETag is the sha256 the file records, so an unchanged poll costs a directory listing and a header
         read. The bytes are sent as stored; the replica verifies them as a load from disk does."""
-        paths = daemon.store.paths() if daemon is not None else []
+        if daemon is None:
+            raise HTTPException(404, "a serving replica offers no checkpoints")
+        paths = daemon.store.paths()
         if not paths:
-            raise HTTPException(404, "no checkpoint to offer" if daemon else "a serving replica offers no checkpoints")
+            raise HTTPException(404, "no checkpoint to offer")
         path = paths[-1]
         try:  # a checkpoint file is never rewritten, only pruned: its header's digest names its bytes
             digest = recorded_digest(path)
@@ -313,11 +316,14 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: DaemonH
 def serve_docs(app: FastAPI) -> None:
     """Swagger UI at /docs with its script and style from the swagger-ui-bundle-v2 package, not a CDN:
     clusters are often offline."""
+    openapi_url = app.openapi_url
+    if openapi_url is None:
+        raise ValueError("Swagger UI needs the app's OpenAPI schema, and this app has openapi_url=None")
     app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} API",
+        return get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} API",
                                    swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
                                    swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
                                    swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png")
@@ -341,18 +347,17 @@ class HttpServer:
         self.server = uvicorn.Server(uvicorn.Config(
             app, log_level="warning", access_log=False, limit_concurrency=config.max_connections, backlog=backlog,
             timeout_keep_alive=config.keep_alive_s,  # type: ignore[arg-type]  # uvicorn takes any number
+            # uvicorn calls `http` as a protocol factory; its annotation asks for a class, and a partial is none
             http=functools.partial(HeaderDeadline, timeout_s=config.request_timeout_s,  # type: ignore[arg-type]
                                    max_open=share - backlog),
         ))
-        self.thread = None
+        self.thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> HttpServer:
-        import threading
-
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + timeout

@@ -87,6 +87,8 @@ class HeaderDeadline(H11Protocol):
         self.timeout_s, self.max_open = timeout_s, max_open
         self.deadline: asyncio.TimerHandle | None = None
 
+    # typeshed's BaseProtocol takes a BaseTransport; a stream protocol is handed a Transport, and uvicorn's own
+    # H11Protocol narrows the argument the same way
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.max_open:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -71,6 +72,18 @@ class Attachment:
     def detach(self) -> None:
         while self._undo:
             self._undo.pop()()
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def submodule(parent: nn.Module, path: str, kind: type[ModuleT]) -> ModuleT:
+    """`parent.get_submodule(path)` (e.g. "blocks.3.attn.qkv"), which must be a `kind`; TypeError naming both
+    otherwise. torch types a module's attributes as Tensor | Module; this names the class the caller relies on."""
+    module = parent.get_submodule(path)
+    if not isinstance(module, kind):
+        raise TypeError(f"{path} is a {type(module).__name__}, expected {kind.__name__}")
+    return module
 
 
 def block_indices(blocks: tuple[int, ...] | None, depth: int, field_name: str) -> list[int]:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 
 @dataclass
@@ -24,7 +23,7 @@ class SpaceSpec:
 
     name: str
     dim: int
-    params: list[nn.Parameter]
+    params: list[torch.Tensor]  # nn.Parameters (torch types nn.Linear.weight as a plain Tensor)
     groups: int = 1
     bottleneck: bool = False
     required_rows: Callable[[], torch.Tensor] | None = None

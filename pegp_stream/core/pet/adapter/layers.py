@@ -12,7 +12,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from pegp_stream.core.pet.adapter.config import AdapterConfig
-from pegp_stream.core.pet.base import Attachment, FeatureTaps, block_indices, check_rank
+from pegp_stream.core.pet.base import Attachment, FeatureTaps, block_indices, check_rank, submodule
 from pegp_stream.core.pet.registry import ProjectionOptions
 from pegp_stream.core.projection.spec import SpaceSpec
 
@@ -40,7 +40,8 @@ class ParallelAdapter(nn.Module):
         hidden = self.act(F.linear(x, self.down.weight.to(x.dtype)))
         self.taps.record(f"{self.space}.down", x)
         self.taps.record(f"{self.space}.up", hidden)
-        return self.base_layer(x, **kwargs) + self.scale * F.linear(hidden, self.up.weight.to(x.dtype))
+        frozen: torch.Tensor = self.base_layer(x, **kwargs)
+        return frozen + self.scale * F.linear(hidden, self.up.weight.to(x.dtype))
 
 
 def attach_adapter(
@@ -65,4 +66,5 @@ def attach_adapter(
 
 
 def adapter_modules(attachment: Attachment) -> dict[str, ParallelAdapter]:
-    return dict(attachment.modules["adapters"].items())
+    adapters = submodule(attachment.modules, "adapters", nn.ModuleDict)
+    return {b: submodule(adapters, b, ParallelAdapter) for b in adapters}

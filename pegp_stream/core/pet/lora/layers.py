@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from pegp_stream.core.pet.base import Attachment, FeatureTaps, block_indices, check_rank
+from pegp_stream.core.pet.base import Attachment, FeatureTaps, block_indices, check_rank, submodule
 from pegp_stream.core.pet.lora.config import LoraConfig
 from pegp_stream.core.pet.registry import ProjectionOptions
 from pegp_stream.core.projection.spec import SpaceSpec
@@ -46,8 +46,12 @@ class LoraLinear(nn.Module):
         self.space = space
         self.rank = next(iter(pairs.values())).A.shape[0]
 
+    def named_pairs(self) -> list[tuple[str, LoraPair]]:
+        """The LoRA pairs by name, in insertion order."""
+        return [(name, submodule(self.pairs, name, LoraPair)) for name in self.pairs]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pairs = list(self.pairs.values())
+        pairs = [pair for _, pair in self.named_pairs()]
         a = torch.cat([pair.A for pair in pairs]).to(x.dtype)
         z = F.linear(x, a)
         if self.taps.active:
@@ -57,20 +61,20 @@ class LoraLinear(nn.Module):
         b = x.new_zeros(self.base_layer.out_features, len(pairs) * self.rank)
         for i, pair in enumerate(pairs):
             b[pair.start : pair.stop, i * self.rank : (i + 1) * self.rank] = pair.B.to(x.dtype)
-        return self.base_layer(x) + F.linear(z, b) * self.scale
+        frozen: torch.Tensor = self.base_layer(x)
+        return frozen + F.linear(z, b) * self.scale
 
 
 def _target_linears(block: nn.Module, target: str) -> tuple[nn.Module, str, int, int]:
     """(parent module, attribute, output start, output stop) of a LoRA target inside a timm Block."""
     if target in ("qkv", "q", "k", "v"):
-        qkv = block.attn.qkv
+        qkv = submodule(block, "attn.qkv", nn.Linear)
         third = qkv.out_features // 3
         start = {"qkv": 0, "q": 0, "k": third, "v": 2 * third}[target]
-        return block.attn, "qkv", start, qkv.out_features if target == "qkv" else start + third
+        return block.get_submodule("attn"), "qkv", start, qkv.out_features if target == "qkv" else start + third
     if target == "proj":
-        return block.attn, "proj", 0, block.attn.proj.out_features
-    linear = getattr(block.mlp, target)
-    return block.mlp, target, 0, linear.out_features
+        return block.get_submodule("attn"), "proj", 0, submodule(block, "attn.proj", nn.Linear).out_features
+    return block.get_submodule("mlp"), target, 0, submodule(block, f"mlp.{target}", nn.Linear).out_features
 
 
 def attach_lora(

@@ -36,7 +36,7 @@ class PrefixAttention(nn.Module):
         self.taps = taps
         self.space = space
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if attn_mask is not None or is_causal:
             raise NotImplementedError("prefix attention does not support attention masks")
         base = self.base_layer
@@ -58,7 +58,8 @@ class PrefixAttention(nn.Module):
         x = base.norm(x.transpose(1, 2).reshape(B, N, H * hd))
         if gate is not None:
             x = x * gate
-        return base.proj_drop(base.proj(x))
+        out: torch.Tensor = base.proj_drop(base.proj(x))
+        return out
 
 
 def attach_prefix(
@@ -79,5 +80,9 @@ def attach_prefix(
         groups = attn.num_heads if projection.prefix_per_head else 1
         attachment.spaces.append(SpaceSpec(space, width, [keys[str(b)]], groups=groups))
     if config.freeze_values_after_consolidation:
-        attachment.on_consolidate.append(lambda _count: values.requires_grad_(False))
+
+        def freeze_values(_count: int) -> None:
+            values.requires_grad_(False)
+
+        attachment.on_consolidate.append(freeze_values)
     return attachment

@@ -8,7 +8,7 @@ from timm.models.vision_transformer import VisionTransformer
 from pegp_stream.core.pet.base import Attachment
 from pegp_stream.core.pet.prompt.config import PromptConfig
 from pegp_stream.core.pet.prompt.layers import DropPromptSlots, PromptedBlock, attach_prompt
-from pegp_stream.core.pet.registry import Hook, Paradigm, register
+from pegp_stream.core.pet.registry import FeatureOf, Hook, Paradigm, register
 
 
 def gather_features(model: VisionTransformer, attachment: Attachment, hook: Hook) -> None:
@@ -23,7 +23,12 @@ def gather_features(model: VisionTransformer, attachment: Attachment, hook: Hook
             hook(before, spec.name, lambda out: out)
         else:
             stop = start + spec.params[0].shape[0]
-            hook(before, spec.name, lambda out, stop=stop: torch.cat([out[:, :start], out[:, stop:]], dim=1))
+            hook(before, spec.name, _without_slots(start, stop))
+
+
+def _without_slots(start: int, stop: int) -> FeatureOf:
+    """The tokens with the prompt slots [start, stop) removed."""
+    return lambda out: torch.cat([out[:, :start], out[:, stop:]], dim=1)
 
 
 register(Paradigm("prompt", PromptConfig, attach_prompt, tiny_options={"length": 4}, gather_features=gather_features))

@@ -40,7 +40,8 @@ class PromptedBlock(nn.Module):
         if self.taps.active:
             self.taps.record(self.space, torch.cat([x[:, :s], rest], dim=1))
         prompt = self.prompt.to(x.dtype).expand(x.shape[0], -1, -1)
-        return self.base_layer(torch.cat([x[:, :s], prompt, rest], dim=1), **kwargs)
+        out: torch.Tensor = self.base_layer(torch.cat([x[:, :s], prompt, rest], dim=1), **kwargs)
+        return out
 
 
 class DropPromptSlots(nn.Module):
@@ -54,7 +55,8 @@ class DropPromptSlots(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.cat([x[:, : self.start], x[:, self.start + self.length :]], dim=1)
-        return self.base_layer(x)
+        out: torch.Tensor = self.base_layer(x)
+        return out
 
 
 def attach_prompt(
@@ -72,7 +74,7 @@ def attach_prompt(
         wrapper = PromptedBlock(model.blocks[b], prompt, start, insert=i == 0, taps=taps, space=space)
         attachment.wrap(model.blocks, str(b), wrapper)
         attachment.spaces.append(
-            SpaceSpec(space, dim, [prompt], required_rows=lambda p=prompt: p.detach())
+            SpaceSpec(space, dim, [prompt], required_rows=prompt.detach)
         )
     attachment.wrap(model, "norm", DropPromptSlots(model.norm, start, config.length))
     return attachment
