@@ -35,3 +35,8 @@ class StateMismatchError(CheckpointError):
     def __init__(self, message: str, differences: dict[str, tuple[Any, Any]] | None = None) -> None:
         self.differences = dict(differences or {})
         super().__init__(message)
+
+
+class RankDivergenceError(PegpError):
+    """The ranks of a data-parallel learner no longer hold the same model (e.g. their protected bases differ after
+    a consolidation), so continuing would mix the updates of different models. Raised on every rank."""

@@ -31,6 +31,7 @@ from pegp_stream.core.prepare import to_model_input
 from pegp_stream.core.projection.space import ProtectedSpace
 from pegp_stream.core.projection.spec import SpaceSpec
 from pegp_stream.core.update import build_optimizer, build_update_projection
+from pegp_stream.distributed import Collective, SingleProcess
 from pegp_stream.errors import CheckpointError, LabelCapacityError, StateMismatchError
 from pegp_stream.inputs.decode import canonical_label
 
@@ -73,14 +74,18 @@ class Prediction:
     classes: list[Label]
 
 
-def create_learner(config: LearnerConfig | Mapping[str, Any] | None = None) -> Learner:
-    """Build a learner from a typed config or a plain mapping (missing keys take defaults)."""
-    return Learner(to_config(LearnerConfig, config))
+def create_learner(config: LearnerConfig | Mapping[str, Any] | None = None,
+                   collective: Collective | None = None) -> Learner:
+    """Build a learner from a typed config or a plain mapping (missing keys take defaults); `collective`: the
+    ranks it learns with (one, by default)."""
+    return Learner(to_config(LearnerConfig, config), collective)
 
 
 class Learner:
-    def __init__(self, config: LearnerConfig) -> None:
+    def __init__(self, config: LearnerConfig, collective: Collective | None = None) -> None:
         self.config = config
+        # the ranks that take every step together (docs/method.md section 9); alone, every collective is the identity
+        self.collective = collective or SingleProcess()
         self.device = _resolve_device(config.device)
         self.autocast_dtype = _resolve_precision(config.precision, self.device)
         self.taps = FeatureTaps()
@@ -136,14 +141,15 @@ class Learner:
         known = len(self.classes)
         targets = self._targets([labels[i] for i in rows])
         step = self._forward(images if len(rows) == images.shape[0] else images[rows], targets, known)
-        if step is not None and not torch.isfinite(step.per_sample_loss).all():
+        if not torch.isfinite(step.per_sample_loss).all():
             bad = (~torch.isfinite(step.per_sample_loss)).nonzero().flatten().tolist()
             rejected.update({rows[j]: "non-finite loss" for j in bad})
             keep = [j for j in range(len(rows)) if j not in bad]
             rows, targets = [rows[j] for j in keep], targets[keep]
             step = self._forward(images[rows], targets, known)
         sample_losses: list[float | None] = [None] * images.shape[0]
-        if step is None:
+        count, mean_loss = self._global_loss(step)
+        if count == 0:
             return LearnResult(predictions, math.nan, dict(sorted(rejected.items())), sample_losses)
         features = torch.full((images.shape[0], step.features["head"].shape[1]), math.nan)
         features[rows] = step.features["head"].cpu()
@@ -154,11 +160,10 @@ class Learner:
         if self._compensated and step.loss.requires_grad:
             self._compensate(step, learned)
         self._observe(step, targets)
-        return LearnResult(predictions, step.loss.item(), dict(sorted(rejected.items())), sample_losses, features)
+        return LearnResult(predictions, mean_loss, dict(sorted(rejected.items())), sample_losses, features)
 
-    def _forward(self, images: torch.Tensor, targets: torch.Tensor, known: int) -> _Step | None:
-        if images.shape[0] == 0:
-            return None
+    def _forward(self, images: torch.Tensor, targets: torch.Tensor, known: int) -> _Step:
+        """The training forward on this rank's rows (none is allowed: another rank may have some)."""
         with self.taps.recording() as features, self._autocast():
             pooled = self._pooled(images)
         pooled = pooled.float()
@@ -176,6 +181,16 @@ class Learner:
         labels = [self.classes[i] if i is not None else None for i in predicted]
         return _Step(labels, per_sample, per_sample.mean(), dict(features), pooled)
 
+    def _global_loss(self, step: _Step) -> tuple[int, float]:
+        """(rows, mean loss) of the step over all ranks; sets `step.loss` to this rank's share of the mean loss:
+        its rows' summed loss over the global count, so the ranks' gradients sum to the gradient of the mean."""
+        losses = step.per_sample_loss
+        mine = torch.tensor([len(losses), losses.detach().double().sum().item()], dtype=torch.float64,
+                            device=self.device)
+        count, total = self.collective.all_reduce([mine])[0].tolist()
+        step.loss = losses.sum() / max(count, 1.0)
+        return int(count), total / max(count, 1.0)
+
     def _update(self, step: _Step, images: torch.Tensor) -> None:
         loss = step.loss
         if not loss.requires_grad:  # nothing trained by gradient (no PET tensors, a head without parameters)
@@ -183,6 +198,9 @@ class Learner:
             return
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # the ranks' summed gradient is the whole batch's: every rank then takes the same projected step
+        self.collective.all_reduce([p.grad for group in self.optimizer.param_groups for p in group["params"]
+                                    if p.grad is not None])
         if self.lr_factor is None and step.pooled.grad is not None:
             self._calibrate(images, step.pooled.grad)
         for space in self.spaces:
@@ -210,7 +228,7 @@ class Learner:
         params = list(self.pet_parameters.values())
         steps = self._unit_step(params)
         d_norm = _norm(steps)
-        v_norm = torch.linalg.vector_norm(feature_grad).item()
+        v_norm = self.collective.norm(feature_grad)
         if not (d_norm > 0 and math.isfinite(d_norm) and v_norm > 0):
             return
         directional = self._feature_sensitivity(images, params, [d / d_norm for d in steps])
@@ -239,7 +257,7 @@ class Learner:
         (a unit vector), by a central difference whose step is grown or shrunk until the features move by
         about 1e-3 of their size (well above fp32 rounding, well inside the linear range)."""
         saved = [p.detach().clone() for p in params]
-        size = torch.linalg.vector_norm(self._pooled(images).float()).item()
+        size = self.collective.norm(self._pooled(images).float())  # norms over all ranks' rows: one factor
         h, moved = 1e-3, 0.0
         for _ in range(4):
             shifted = []
@@ -249,7 +267,7 @@ class Learner:
                 shifted.append(self._pooled(images).float())
             for p, old in zip(params, saved, strict=True):
                 p.copy_(old)
-            moved = torch.linalg.vector_norm(shifted[0] - shifted[1]).item() / 2
+            moved = self.collective.norm(shifted[0] - shifted[1]) / 2
             if not 1e-4 < moved / max(size, 1e-12) < 1e-2:
                 h *= 1e-3 * size / max(moved, 1e-12 * size) if moved > 0 else 1e3
                 continue
@@ -270,17 +288,19 @@ class Learner:
         them, estimated from the batch, and let the batch itself be observed at its new features."""
         with self._autocast():
             after = self._pooled(images).float()
-        before = step.features["head"]
+        before, shifted = self.collective.all_gather([step.features["head"], after])  # every rank's rows
         for head in self._compensated:
-            head.compensate(before, after - before)
+            head.compensate(before, shifted - before)
         step.features["head"] = after
 
     @torch.no_grad()
     def _observe(self, step: _Step, targets: torch.Tensor) -> None:
         for space in self.spaces:
             space.accumulate(self._subsample_tokens(step.features[space.name]))
+        # every rank's heads observe the whole batch (slda's merge and sdc's weights are not sums of shares)
+        features, targets = self.collective.all_gather([step.features["head"], targets])
         for head in self.heads:
-            head.observe(step.features["head"], targets)
+            head.observe(features, targets)
         self.samples_learned += len(targets)
 
     # ----------------------------------------------------------------------------------------------------
@@ -290,8 +310,11 @@ class Learner:
         """A drift boundary: grow every basis from its segment covariance, reset the covariances and the
         optimizer state (momentum). Returns the rank of every protected space."""
         ranks = {}
+        # every rank grows its bases from the whole segment's features, with the same seeds: the same bases
+        self.collective.all_reduce([space.covariance for space in self.spaces])
         for i, space in enumerate(self.spaces):
             ranks[space.name] = space.consolidate(seed=self.config.seed * 1_000_003 + self.consolidations * 7919 + i)
+        self.collective.check_equal("protected bases", [space.basis for space in self.spaces])
         self.optimizer.state.clear()
         if self._calibrates:  # the PET's sensitivity changes as it learns: measured again in the new segment
             self.lr_factor = None
@@ -472,7 +495,10 @@ class Learner:
         return specs
 
     def _targets(self, labels: Sequence[Label]) -> torch.Tensor:
-        new = list(dict.fromkeys(label for label in labels if label not in self._class_index))
+        """This rank's rows as class indices; every rank's labels are registered, in rank order, so all ranks
+        hold one class map (the one a single rank fed the ranks' rows in that order would hold)."""
+        everyone = [label for share in self.collective.all_gather_object(list(labels)) for label in share]
+        new = list(dict.fromkeys(label for label in everyone if label not in self._class_index))
         if len(self.classes) + len(new) > self.config.head.max_classes:
             raise LabelCapacityError(
                 f"label(s) {new[:5]} exceed head.max_classes={self.config.head.max_classes}"
@@ -480,8 +506,8 @@ class Learner:
         for label in new:
             self._class_index[label] = len(self.classes)
             self.classes.append(label)
+        self.segment_classes.update(self._class_index[label] for label in everyone)
         targets = [self._class_index[label] for label in labels]
-        self.segment_classes.update(targets)
         return torch.tensor(targets, dtype=torch.int64, device=self.device)
 
     def _train_mask(self, logits: torch.Tensor) -> torch.Tensor:
@@ -511,7 +537,7 @@ class Learner:
 class _Step:
     predicted: list[Label | None]
     per_sample_loss: torch.Tensor
-    loss: torch.Tensor
+    loss: torch.Tensor  # the mean over this rank's rows; `_global_loss` makes it the rank's share of the global mean
     features: dict[str, torch.Tensor]
     pooled: torch.Tensor  # the features the loss read, in the graph
 
