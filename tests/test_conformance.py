@@ -155,3 +155,16 @@ def test_detach_gives_the_original_model_back(kind):
     images, _ = digits_segment((0, 1), 4)
     with torch.no_grad():
         assert torch.equal(learner.backbone(images), original(images))
+
+
+@pytest.mark.parametrize("kind", PARADIGMS)
+def test_a_training_forward_records_exactly_the_declared_spaces(kind):
+    """A paradigm names each protected space twice: where its layers record features on the taps and where its
+    attach declares the space (`SpaceSpec`). One recording forward must leave features under every declared name,
+    under no other, each as wide as declared; else the learner would grow a basis from nothing."""
+    learner = create_learner(tiny_config(kind))
+    declared = {spec.name: spec.dim for spec in learner.attachment.spaces}
+    images, _ = digits_segment((0, 1), 4)
+    with torch.no_grad(), learner.taps.recording() as features:
+        learner.backbone.forward_features(images)
+    assert {name: f.shape[-1] for name, f in features.items()} == declared
