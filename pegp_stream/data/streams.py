@@ -46,9 +46,17 @@ class LabelledStream:
     def __iter__(self) -> Iterator[StreamRecord]:
         return (self.record(item) for item in self.items)
 
-    def batches(self, size: int) -> Iterator[list[StreamRecord]]:
-        for start in range(0, len(self.items), size):
-            yield [self.record(item) for item in self.items[start : start + size]]
+    def batches(self, size: int, split_at_segments: bool) -> Iterator[list[StreamRecord]]:
+        """The records in order, in batches of at most `size`; with `split_at_segments`, a batch ends where the
+        segment changes (a producer that marks segments flushes there), so no batch straddles two segments."""
+        batch: list[StreamRecord] = []
+        for record in self:
+            if batch and (len(batch) == size or (split_at_segments and record.segment != batch[-1].segment)):
+                yield batch
+                batch = []
+            batch.append(record)
+        if batch:
+            yield batch
 
 
 def build_stream(config: StreamConfig, split: str | None = None) -> LabelledStream:

@@ -5,12 +5,12 @@ drift policy answers (new segment markers, and its detector when one is configur
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pegp_stream.config import ReplayConfig
 from pegp_stream.core.learner import Learner, create_learner
-from pegp_stream.data.streams import LabelledStream, StreamRecord, build_stream
+from pegp_stream.data.streams import LabelledStream, build_stream
 from pegp_stream.drift import BoundaryPolicy
 from pegp_stream.driver import StreamDriver
 from pegp_stream.evaluation.prequential import PrequentialAccuracy
@@ -35,18 +35,6 @@ class ReplaySummary:
         }
 
 
-def segment_batches(records: Iterator[StreamRecord], size: int, markers: bool) -> Iterator[list[StreamRecord]]:
-    """Batches of at most `size` records that never straddle a segment-marker change."""
-    batch: list[StreamRecord] = []
-    for record in records:
-        if batch and (len(batch) == size or (markers and record.segment != batch[-1].segment)):
-            yield batch
-            batch = []
-        batch.append(record)
-    if batch:
-        yield batch
-
-
 def replay(
     config: ReplayConfig,
     learner: Learner | None = None,
@@ -58,7 +46,7 @@ def replay(
     policy = BoundaryPolicy(config.drift.model_copy(update={"markers": config.stream.markers}))
     driver, summary, next_log = StreamDriver(learner, policy), ReplaySummary(), config.log_every
     start = time.perf_counter()
-    for batch in segment_batches(iter(stream), config.batch_size, config.stream.markers):
+    for batch in stream.batches(config.batch_size, config.stream.markers):
         labels = [r.label for r in batch]
         step = driver.learn([r.image for r in batch], labels, [r.segment for r in batch], summary.records)
         summary.boundaries += [b.position for b in step.boundaries]

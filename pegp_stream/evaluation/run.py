@@ -26,7 +26,6 @@ from pegp_stream.data.streams import LabelledStream, StreamRecord, build_stream,
 from pegp_stream.drift import BoundaryPolicy
 from pegp_stream.driver import StreamDriver
 from pegp_stream.evaluation.prequential import PrequentialAccuracy, average_accuracy, backward_transfer, forgetting
-from pegp_stream.evaluation.replay import segment_batches
 from pegp_stream.evaluation.result import EvalResult
 
 CURVE_EVERY = 100  # records between points of the prequential curve
@@ -61,7 +60,7 @@ def _run_online(config, learner, train, tests, log) -> EvalResult:
     true_boundaries = _true_boundaries(train)
     train_seconds = eval_seconds = 0.0
     driver, records = StreamDriver(learner, policy), 0
-    for batch in segment_batches(iter(train), config.batch_size, config.stream.markers):
+    for batch in train.batches(config.batch_size, config.stream.markers):
         started = time.perf_counter()
         labels = [r.label for r in batch]
         step = driver.learn([r.image for r in batch], labels, [r.segment for r in batch], records)
