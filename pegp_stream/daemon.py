@@ -88,6 +88,8 @@ class Daemon:
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
         self.store.remove_interrupted_writes()  # the daemon is the one writer
         self.policy = BoundaryPolicy(config.drift)
+        self._boundary_requested = threading.Event()  # set by any thread, taken in by the loop at a step's start
+        self.driver = StreamDriver(self.learner, self.policy, self.consolidate)
         self.prequential = PrequentialAccuracy()
         self.stats = StreamStats()
         self.offsets: dict[int, int] = {}  # next offset per partition, applied to the learned state
@@ -124,8 +126,10 @@ class Daemon:
         self._stop.set()
 
     def request_boundary(self) -> None:
-        """An operator asks for a consolidation; it happens before the next batch is learned."""
-        self.policy.request()
+        """An operator asks for a consolidation; it happens before the next batch is learned. The loop hands the
+        request to the driver at a step's start (with several ranks, the ranks take in every rank's request
+        together: the policy must not change under a step)."""
+        self._boundary_requested.set()
 
     @property
     def stopping(self) -> bool:
@@ -193,11 +197,12 @@ class Daemon:
 
     def learn(self, decoded: list[_Decoded]) -> None:
         kept = self._within_capacity(decoded)
-        driver = StreamDriver(self.learner, self.policy, self.consolidate)
-        driver.learn([d.sample.image for d in kept], [d.sample.label for d in kept],
-                     [d.sample.segment for d in kept], self.stats.learned, lambda run: self._learned(kept, run))
-        if not decoded:  # an operator request while idle: applied now
-            driver.idle(self.stats.learned)
+        requested = self._boundary_requested.is_set()
+        self._boundary_requested.clear()
+        # a step without records applies a pending operator request now
+        self.driver.learn([d.sample.image for d in kept], [d.sample.label for d in kept],
+                          [d.sample.segment for d in kept], self.stats.learned, lambda run: self._learned(kept, run),
+                          requested=requested)
         self.heartbeat = time.monotonic()  # the loop is alive (health checks)
         if not decoded:
             self.caught_up_at = self.heartbeat
@@ -264,7 +269,7 @@ class Daemon:
             poller.join()
         self.last_consolidation_seconds = time.perf_counter() - started
         self.stats.boundaries[cause] += 1
-        self.stats.boundary_positions = [*self.stats.boundary_positions[1 - BOUNDARY_HISTORY:], self.stats.learned]
+        self.stats.boundary_positions = [*self.stats.boundary_positions[1 - BOUNDARY_HISTORY:], self.driver.position]
         self._changed = True
         self.publish()
         log.info("boundary (%s) after %d records: ranks %s", cause, self.stats.learned,
@@ -385,6 +390,7 @@ class Daemon:
         self.learner = create_learner(self.config.learner)
         self.policy, self.prequential, self.stats = BoundaryPolicy(self.config.drift), PrequentialAccuracy(), \
             StreamStats()
+        self.driver = StreamDriver(self.learner, self.policy, self.consolidate)
         self.offsets, self._dead_letter_ends, self._topic_id = {}, {}, None
 
     def shutdown(self) -> int:
