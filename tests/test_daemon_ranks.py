@@ -5,13 +5,14 @@ rank ends with when fed the same global batches (each step: rank 0's micro-batch
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 from conftest import digits_segment  # noqa: F401 - keeps conftest's fixtures importable here
-from daemon_support import daemon_config, digest, latest_state, produce_digits
+from daemon_support import daemon_config, digest, latest_state, produce_digits, wait_for
 from kafka import KafkaConsumer, TopicPartition
 from test_distributed import TOLERANCE, _differences
 
@@ -84,5 +85,49 @@ def test_two_ranks_under_torchrun_learn_every_record_once_and_as_one_rank_fed_th
     typed = to_config(DaemonConfig, config)
     reference = one_rank_fed(typed, rank_batches(bootstrap, "ranked", typed.kafka.batch_size))
     assert reference["counters"] == state["learner"]["counters"]  # same steps, same boundaries
+    differences = _differences(reference, state["learner"])
+    assert max(differences.values()) <= TOLERANCE, sorted(differences.items(), key=lambda item: -item[1])[:5]
+
+
+def rank_process(torchrun: subprocess.Popen, rank: int) -> int | None:
+    """The pid of the worker torchrun started for `rank` (its RANK environment variable), if running."""
+    found = subprocess.run(["pgrep", "-P", str(torchrun.pid)], capture_output=True, text=True).stdout.split()
+    for pid in map(int, found):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def test_a_rank_killed_mid_stream_comes_back_with_the_group_and_every_record_is_learned_once(broker, tmp_path):
+    """SIGKILL of rank 1 after the first checkpoint: torchrun (--max-restarts 1) stops rank 0 and starts both
+    again; they resume from rank 0's last checkpoint, and the final checkpoint holds every record once and the
+    model of an uninterrupted run (the ranks cut the same global batches from the checkpointed offsets)."""
+    bootstrap = broker.bootstrap_servers
+    ids = produce_digits(bootstrap, "killed", limit_per_class=40, partitions=PARTITIONS)
+    config = daemon_config(tmp_path, bootstrap, "killed", exit_when_idle_s=2.0)
+    config["learner"] |= {"head": {"kind": "ncm"}, "projection": {"eps": 0.99}}
+    ranks = start_ranks(config, tmp_path, "ranks", "--max-restarts", "1")
+    checkpoints = tmp_path / "checkpoints"
+    wait_for(lambda: checkpoints.is_dir() and any(p.suffix == ".safetensors" for p in checkpoints.iterdir()), 300,
+             interval=0.05, what="a first checkpoint")
+    victim = wait_for(lambda: rank_process(ranks, 1), 30, what="rank 1's process")
+    os.kill(victim, signal.SIGKILL)
+    at_kill = latest_state(checkpoints)["stats"]["learned"]
+    assert ranks.wait(timeout=600) == 0, (tmp_path / "ranks.log").read_text()[-3000:]
+    logged = (tmp_path / "ranks.log").read_text()
+    assert at_kill < len(ids), "the kill landed after the stream's end: the test proved nothing"
+    assert "restored ckpt-" in logged  # the group came back from a checkpoint
+    state = latest_state(checkpoints)
+    assert state["stats"]["learned"] == len(ids) == 400
+    assert int(state["stats"]["learned_digest"]) == digest(ids)
+    assert state["learner"]["counters"]["samples_learned"] == len(ids)
+    assert sum(state["offsets"].values()) == len(ids)
+    typed = to_config(DaemonConfig, config)
+    reference = one_rank_fed(typed, rank_batches(bootstrap, "killed", typed.kafka.batch_size))
+    assert reference["counters"] == state["learner"]["counters"]
     differences = _differences(reference, state["learner"])
     assert max(differences.values()) <= TOLERANCE, sorted(differences.items(), key=lambda item: -item[1])[:5]
