@@ -60,16 +60,26 @@ def _run_daemon(config) -> int:
     not fit the config, the HTTP port in use) is one line on stderr and exit status 2, never a traceback."""
     import signal
 
-    from pegp_stream.daemon import Daemon
-
     try:
-        daemon = Daemon(config)
+        daemon = _daemon(config)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: daemon.request_stop())
         log.info("learner daemon on topic %s at %s", config.kafka.topic, config.kafka.bootstrap_servers)
         return daemon.run()
     except PegpError as exc:
         _fail(exc)
+
+
+def _daemon(config):
+    """The daemon of a plain run; under torchrun (WORLD_SIZE above 1) this process's rank of N
+    (pegp_stream/daemon_ranks.py), which joins the process group first."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from pegp_stream.daemon_ranks import join_ranks
+
+        return join_ranks(config)
+    from pegp_stream.daemon import Daemon
+
+    return Daemon(config)
 
 
 def _follow_target(ctx: click.Context, param: click.Parameter, value: str) -> str:

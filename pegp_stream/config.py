@@ -430,6 +430,21 @@ class HttpConfig(Frozen):
                                  "while records are waiting")
 
 
+class DistributedConfig(Frozen):
+    """Several learner ranks (`torchrun --nproc-per-node N -m pegp_stream run`): read only when torchrun's
+    WORLD_SIZE is above 1 (docs/operations.md, "Several ranks")."""
+
+    idle_wait_ms: int = Field(
+        50, ge=0, description="with several ranks: how long a rank whose partitions have nothing new waits for a "
+        "record before it takes part in the step with an empty micro-batch (replaces kafka.max_wait_ms); every step "
+        "waits for the slowest rank, so this bounds how long an idle rank holds the others back",
+    )
+    timeout_s: float = Field(
+        300.0, gt=0, description="how long a rank waits in a collective for the other ranks before it fails (a "
+        "rank that died or hangs); torchrun then stops the group and restarts it if --max-restarts allows",
+    )
+
+
 class DaemonConfig(Frozen):
     """`pegp-stream run`: the learner daemon. Keys also come from PEGP_* environment variables and --set."""
 
@@ -439,6 +454,7 @@ class DaemonConfig(Frozen):
     http: HttpConfig = Field(default_factory=HttpConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     decode: DecodeLimits = Field(default_factory=DecodeLimits)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     exit_when_idle_s: float | None = Field(
         None, gt=0, description="stop (checkpointed) once caught up and idle this long; None = run until stopped"
     )

@@ -88,6 +88,8 @@ class Daemon:
         self.store = CheckpointStore(config.checkpoint.dir, config.checkpoint.keep)
         self.store.remove_interrupted_writes()  # the daemon is the one writer
         self.policy = BoundaryPolicy(config.drift)
+        self._boundary_requested = threading.Event()  # set by any thread, taken in by the loop at a step's start
+        self.driver = StreamDriver(self.learner, self.policy, self.consolidate)
         self.prequential = PrequentialAccuracy()
         self.stats = StreamStats()
         self.offsets: dict[int, int] = {}  # next offset per partition, applied to the learned state
@@ -124,8 +126,10 @@ class Daemon:
         self._stop.set()
 
     def request_boundary(self) -> None:
-        """An operator asks for a consolidation; it happens before the next batch is learned."""
-        self.policy.request()
+        """An operator asks for a consolidation; it happens before the next batch is learned. The loop hands the
+        request to the driver at a step's start (with several ranks, the ranks take in every rank's request
+        together: the policy must not change under a step)."""
+        self._boundary_requested.set()
 
     @property
     def stopping(self) -> bool:
@@ -193,11 +197,12 @@ class Daemon:
 
     def learn(self, decoded: list[_Decoded]) -> None:
         kept = self._within_capacity(decoded)
-        driver = StreamDriver(self.learner, self.policy, self.consolidate)
-        driver.learn([d.sample.image for d in kept], [d.sample.label for d in kept],
-                     [d.sample.segment for d in kept], self.stats.learned, lambda run: self._learned(kept, run))
-        if not decoded:  # an operator request while idle: applied now
-            driver.idle(self.stats.learned)
+        requested = self._boundary_requested.is_set()
+        self._boundary_requested.clear()
+        # a step without records applies a pending operator request now
+        self.driver.learn([d.sample.image for d in kept], [d.sample.label for d in kept],
+                          [d.sample.segment for d in kept], self.position, lambda run: self._learned(kept, run),
+                          requested=requested)
         self.heartbeat = time.monotonic()  # the loop is alive (health checks)
         if not decoded:
             self.caught_up_at = self.heartbeat
@@ -207,6 +212,11 @@ class Daemon:
             if not self.curve or self.stats.learned - self.curve[-1][0] >= 20:
                 self.curve.append((self.stats.learned, self.prequential.windowed, self.prequential.cumulative))
         self.publish_status()
+
+    @property
+    def position(self) -> int:
+        """Records of the whole stream applied to the learned state (the driver's positions count them)."""
+        return self.stats.learned
 
     def advance(self, records: Sequence[Any]) -> None:
         moved = self.source.consumed_offsets()  # past transaction markers and log resets too (not record + 1)
@@ -264,10 +274,10 @@ class Daemon:
             poller.join()
         self.last_consolidation_seconds = time.perf_counter() - started
         self.stats.boundaries[cause] += 1
-        self.stats.boundary_positions = [*self.stats.boundary_positions[1 - BOUNDARY_HISTORY:], self.stats.learned]
+        self.stats.boundary_positions = [*self.stats.boundary_positions[1 - BOUNDARY_HISTORY:], self.driver.position]
         self._changed = True
         self.publish()
-        log.info("boundary (%s) after %d records: ranks %s", cause, self.stats.learned,
+        log.info("boundary (%s) after %d records: ranks %s", cause, self.driver.position,
                  dict(list(ranks.items())[:4]), extra={"cause": cause})
         return ranks
 
@@ -302,18 +312,21 @@ class Daemon:
             path = self.store.save(self.state_dict())
         except OSError as exc:
             return self._checkpoint_failed(f"cannot write to {self.store.directory}: {exc.strerror or exc}")
-        self.last_checkpoint = {"time": time.time(), "seconds": time.perf_counter() - started,
-                                "bytes": float(path.stat().st_size)}
-        self._since_checkpoint, self._changed, self._checkpoint_clock = 0, False, time.monotonic()
-        self.checkpoint_problem, self._checkpoint_retry = None, backoff_delays(1.0, 60.0)
-        if self.source.consumer is not None and self.offsets:
-            self.source.commit(self.offsets)
-        self.publish()  # the served model is never older than what a checkpoint holds
-        self.publish_status()
+        self._checkpointed(time.perf_counter() - started, path.stat().st_size, self.offsets)
         log.info("checkpoint %s: %d records learned, prequential accuracy %.3f (window %.3f), %d dead letters",
                  path.name, self.stats.learned, self.prequential.cumulative, self.prequential.windowed,
                  sum(self.stats.dead_letters.values()))
         return True
+
+    def _checkpointed(self, seconds: float, size: int, offsets: dict[int, int]) -> None:
+        """A checkpoint is durable: commit `offsets` to Kafka, publish the model it holds, reset the counts."""
+        self.last_checkpoint = {"time": time.time(), "seconds": seconds, "bytes": float(size)}
+        self._since_checkpoint, self._changed, self._checkpoint_clock = 0, False, time.monotonic()
+        self.checkpoint_problem, self._checkpoint_retry = None, backoff_delays(1.0, 60.0)
+        if self.source.consumer is not None and offsets:
+            self.source.commit(offsets)
+        self.publish()  # the served model is never older than what a checkpoint holds
+        self.publish_status()
 
     @property
     def _unsaved(self) -> bool:
@@ -382,21 +395,25 @@ class Daemon:
 
     def _reset_state(self) -> None:
         """Fresh learned state after a checkpoint failed half-way through being applied."""
-        self.learner = create_learner(self.config.learner)
+        self.learner = create_learner(self.config.learner, self.learner.collective)
         self.policy, self.prequential, self.stats = BoundaryPolicy(self.config.drift), PrequentialAccuracy(), \
             StreamStats()
+        self.driver = StreamDriver(self.learner, self.policy, self.consolidate)
         self.offsets, self._dead_letter_ends, self._topic_id = {}, {}, None
 
     def shutdown(self) -> int:
         """After a clean stop: the final checkpoint (when anything changed), then close. 1 if it failed."""
         written = True
-        if self._unsaved or not self.store.paths():
+        if self._final_checkpoint_due():
             written = self.checkpoint()
         self.close()
         if not written:
             log.error("stopped without a final checkpoint (%s): a restart resumes from the last one",
                       self.checkpoint_problem)
         return 0 if written else 1
+
+    def _final_checkpoint_due(self) -> bool:
+        return self._unsaved or not self.store.paths()
 
     def close(self) -> None:
         self.stop_http()

@@ -393,7 +393,11 @@ class Learner:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bitwise: PET tensors, head, label map, optimizer state, bases,
-        segment covariances, RNG state and counters. Tensors are copies (safe to keep while learning)."""
+        segment covariances, RNG state and counters. Tensors are copies (safe to keep while learning).
+
+        With several ranks this is a collective (every rank calls it at the same step) and every rank gets the
+        state one rank fed the global batches holds: the one per-rank part, each space's segment covariance
+        and row count, is summed over the ranks; everything else is the same on every rank already."""
         return {
             "format": STATE_FORMAT,
             "config": self.config.model_dump(mode="json"),
@@ -404,12 +408,31 @@ class Learner:
             "classes": list(self.classes),
             "segment_classes": sorted(self.segment_classes),
             "optimizer": _clone(self.optimizer.state_dict()),
-            "spaces": {space.name: space.state_dict() for space in self.spaces},
+            "spaces": self._spaces_state(),
             "generator": self.generator.get_state(),
             "lr_factor": self.lr_factor if self._calibrates else None,
             "counters": {"updates": self.updates, "samples_learned": self.samples_learned,
                          "consolidations": self.consolidations},
         }
+
+    def _spaces_state(self) -> dict[str, dict[str, Any]]:
+        """Each space's state with its segment covariance and rows summed over the ranks (copies: the ranks'
+        own shares stay as they are, so learning continues as if no state had been taken)."""
+        spaces = {space.name: space.state_dict() for space in self.spaces}
+        if self.collective.world_size > 1:
+            rows = torch.tensor([space["rows"] for space in spaces.values()], dtype=torch.float64, device=self.device)
+            self.collective.all_reduce([*(space["covariance"] for space in spaces.values()), rows])
+            for space, total in zip(spaces.values(), rows.tolist(), strict=True):
+                space["rows"] = int(total)
+        return spaces
+
+    def _spaces_share(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """This rank's share of a state's segment statistics: all of them on rank 0, none on the others. Every
+        use of a covariance sums it over the ranks first (`consolidate`, `_spaces_state`), so the sum the ranks
+        resume from is the saved one, and the ranks' later rows add to it as they would have."""
+        if self.collective.rank == 0:
+            return dict(state)
+        return {**state, "covariance": torch.zeros_like(state["covariance"]), "rows": 0}
 
     @property
     def layout(self) -> dict[str, Any]:
@@ -444,7 +467,8 @@ class Learner:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a `state_dict` taken from a learner whose `layout` is the same; a state of another layout
-        raises StateMismatchError before anything changes."""
+        raises StateMismatchError before anything changes. With several ranks every rank loads the same state
+        (whatever number of ranks made it) and holds its share of the segment statistics (`_spaces_share`)."""
         if state.get("format") != STATE_FORMAT:
             raise CheckpointError(f"unsupported learner state format {state.get('format')!r}")
         self.check_layout(state)
@@ -458,7 +482,7 @@ class Learner:
             if missing:
                 raise CheckpointError(f"protected spaces differ from the checkpoint's: {sorted(missing)}")
             for space in self.spaces:
-                space.load_state_dict(state["spaces"][space.name])
+                space.load_state_dict(self._spaces_share(state["spaces"][space.name]))
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"learner state does not fit this learner: {exc}") from None

@@ -67,9 +67,11 @@ def sleep_unless(stop: Stop, seconds: float) -> None:
 
 
 class KafkaSource:
-    def __init__(self, config: KafkaConfig, hold_s: float = 5.0) -> None:
+    def __init__(self, config: KafkaConfig, hold_s: float = 5.0, share: tuple[int, int] = (0, 1)) -> None:
+        """`share` (rank, ranks): read only the partitions p with p % ranks == rank (one rank: all of them)."""
         self.config = config
         self.hold_s = hold_s
+        self.share = share
         self.consumer: KafkaConsumer | None = None
         self.partitions: list[TopicPartition] = []
         self.topic_id: str | None = None  # the topic's id (KIP-516) whose log our positions are in
@@ -128,7 +130,12 @@ class KafkaSource:
         partitions = self.consumer.partitions_for_topic(self.config.topic)
         if not partitions:
             raise TopicNotReady(f"topic {self.config.topic!r} has no partitions yet")
-        self.partitions = [TopicPartition(self.config.topic, p) for p in sorted(partitions)]
+        rank, ranks = self.share
+        self.partitions = [TopicPartition(self.config.topic, p) for p in sorted(partitions) if p % ranks == rank]
+        if not self.partitions:
+            raise PegpError(f"rank {rank} of {ranks} has no partition of topic {self.config.topic!r} "
+                            f"({len(partitions)} partitions, rank r reads p % {ranks} == r): run at most "
+                            f"{len(partitions)} ranks")
         self.consumer.assign(self.partitions)
         self.consumer.seek_to_beginning(*self.partitions)
         starts = {tp.partition: self.consumer.position(tp) for tp in self.partitions}
