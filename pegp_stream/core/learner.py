@@ -130,7 +130,7 @@ class Learner:
 
     def learn_many(self, images: torch.Tensor, labels: Sequence[Label]) -> LearnResult:
         """Predict each row with the current model, then take one projected step on the batch. Labels are
-        taken in canonical form (`stream.decode.canonical_label`): 7 and "7" are one class, reported as 7."""
+        taken in canonical form (`inputs.decode.canonical_label`): 7 and "7" are one class, reported as 7."""
         images = self._check_images(images)
         if len(labels) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(labels)} labels")
@@ -360,7 +360,7 @@ class Learner:
     def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """Decoded uint8 images ((H, W), (H, W, 1), (H, W, 3) or (H, W, 4), any size) as this learner's model
         input: (B, C, H, W) float32 at `input_size`, normalised with the backbone's mean and std
-        (`stream.preprocess.to_model_input`)."""
+        (`core.prepare.to_model_input`)."""
         spec = self.input_config
         return to_model_input(images, spec["input_size"], spec["mean"], spec["std"])
 
