@@ -97,7 +97,8 @@ def _join(rank: int, world: int, port: int, device: torch.device) -> Collective:
 
 def _rank_main(rank: int, world: int, port: int, options: dict[str, Any], out: str) -> None:
     """One rank: learn the warm-up steps, consolidate, time the steps; save this rank's totals to `out`."""
-    torch.set_num_threads(options["threads"])
+    if options["threads"] > 0:  # 0: torch's default
+        torch.set_num_threads(options["threads"])
     device = torch.device(f"cuda:{rank}") if options["device"] == "cuda" else torch.device("cpu")
     inner = _join(rank, world, port, device)
     try:
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="global batch (rows per step over all ranks)")
     parser.add_argument("--paradigm", default="adapter", choices=["prompt", "prefix", "adapter", "lora"])
     parser.add_argument("--device", type=parse_device, default=torch.device("cpu"), help="cpu (gloo) or cuda (NCCL)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank (0: torch's default)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 3 steps: a smoke test of a few seconds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = parser.parse_args(argv)
