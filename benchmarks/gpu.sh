@@ -5,6 +5,7 @@
 # projection overhead (% slower with projection than without) and peak GPU memory per configuration;
 # writes projection_cost.csv (and the breakdown CSV, a PNG when matplotlib is installed) to --out.
 # A thin wrapper around `python -m benchmarks.bench_core projection-cost`; see benchmarks/README.md.
+# With more than one GPU it then runs benchmarks/bench_ranks.py on 1..N ranks (NCCL): the multi-GPU row.
 #
 #   benchmarks/gpu.sh [--cpu-check] [--out DIR] [extra projection-cost options, e.g. --rounds 40]
 #
@@ -22,7 +23,7 @@ WALL_LIMIT_S=480
 TIME_BUDGET_S=200
 PARADIGMS=prompt,prefix,adapter,lora
 
-usage() { sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
+usage() { sed -n '2,14s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 
 cpu_check=${GPU_SH_CPU_CHECK:-0}
 out=benchmarks/out/gpu
@@ -94,5 +95,15 @@ if ((status == 124)); then
     echo "gpu.sh: stopped after ${WALL_LIMIT_S} s (the 8-minute limit); no CSV written. Fewer --rounds?" >&2
 elif ((status == 0)); then
     echo "gpu.sh: finished in $((SECONDS - start)) s; table above, CSV: $out/projection_cost.csv"
+fi
+
+# With more than one GPU: the data-parallel learner on 1..N ranks (NCCL), records/s and the step split
+# (benchmarks/bench_ranks.py), ViT-Tiny at 224 px, global batch 64; its own 4-minute limit.
+gpus=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || true)
+if [[ -z $reason ]] && ((status == 0 && gpus > 1)); then
+    ranks_command=("$python" -m benchmarks.bench_ranks --device cuda --ranks "$(seq -s, 1 "$gpus")" --batch 64
+                   --steps 20 --threads 0 --out "$out")
+    echo "+ ${ranks_command[*]}"
+    timeout --signal=INT --kill-after=20 240 "${ranks_command[@]}" || status=$?
 fi
 exit "$status"

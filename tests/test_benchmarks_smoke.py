@@ -203,3 +203,20 @@ def test_bench_serving_answers_while_learning_and_idle(tmp_path: Path) -> None:
         assert int(row["requests"]) > 0 and row["errors"] == "0"
         assert 0 < float(row["p50_ms"]) <= float(row["p90_ms"]) <= float(row["p99_ms"])
     assert "p99 ratio learning/idle" in stdout
+
+
+def test_bench_ranks_quick_splits_the_step_of_one_and_two_ranks(tmp_path: Path) -> None:
+    """bench_ranks --quick: 1 rank (plain learner) and 2 gloo ranks in spawned processes, one CSV row each; the
+    split is consistent (compute + communication + waiting = step) and only the ranks communicate."""
+    from benchmarks.bench_ranks import COLUMNS as RANKS_COLUMNS
+    from benchmarks.bench_ranks import main as bench_ranks
+
+    assert bench_ranks(["--quick", "--out", str(tmp_path)]) == 0
+    columns, rows = _read(tmp_path / "bench_ranks.csv")
+    assert columns == RANKS_COLUMNS
+    assert [(r["ranks"], r["backend"]) for r in rows] == [("1", "none"), ("2", "gloo")]
+    for row in rows:
+        parts = float(row["compute_ms"]) + float(row["communication_ms"]) + float(row["waiting_ms"])
+        assert parts == pytest.approx(float(row["step_ms"]))
+        assert float(row["records_per_s"]) > 0 and float(row["collectives_per_step"]) >= 2
+    assert float(rows[1]["communication_ms"]) > float(rows[0]["communication_ms"])  # gloo vs identity calls

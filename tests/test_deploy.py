@@ -327,3 +327,65 @@ def test_image_tag_is_the_same_everywhere():
     assert built == [f"pegp-stream:{__version__}"]
     assert set(composed) >= {"learner", "serving-1", "serving-2"}
     assert set(composed.values()) == set(deployed.values()) == set(built), (built, composed, deployed)
+
+
+# --- Several ranks -----------------------------------------------------------------------------------------------
+
+def _torchrun(argv: list[str]):
+    """torchrun's own parse of `argv` (torchrun [options] -m module args...): a flag it does not know fails."""
+    from torch.distributed.run import get_args_parser
+
+    assert argv[0] == "torchrun", argv
+    return get_args_parser().parse_args(argv[1:])
+
+
+def test_k8s_ranks_statefulset_runs_torchrun_with_c10d_rendezvous_on_pod_0():
+    """deploy/k8s/learner-ranks.yaml: one torchrun per pod, replicas == --nnodes, the rendezvous endpoint is pod 0's
+    name under the headless governing Service (resolvable before any pod is ready), rank 0's HTTP is the readiness."""
+    docs = [doc for doc in yaml.safe_load_all((DEPLOY / "k8s" / "learner-ranks.yaml").read_text()) if doc]
+    by_kind = {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+    spec = by_kind[("StatefulSet", "pegp-learner-ranks")]["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    launch = _torchrun(container["command"] + container["args"])
+    assert (launch.module, launch.training_script) == (True, "pegp_stream")
+    assert launch.training_script_args == ["run", "--config", "/etc/pegp-stream/config.yaml"]
+    assert launch.nnodes == str(spec["replicas"]) and spec["replicas"] >= 2
+    assert launch.nproc_per_node == "1" and launch.rdzv_backend == "c10d"
+    assert spec["podManagementPolicy"] == "Parallel", "every rank must start for the rendezvous to complete"
+    service = by_kind[("Service", spec["serviceName"])]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    host, port = launch.rdzv_endpoint.split(":")
+    assert host == f"pegp-learner-ranks-0.{spec['serviceName']}"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["rendezvous"] == int(port)
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["rendezvous"] == int(port)
+    probe = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert f"http://{host}:{ports['http']}/readyz" in probe
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert [claim["metadata"]["name"] for claim in spec["volumeClaimTemplates"]] == ["state"]
+    assert mounts["state"] == "/var/lib/pegp-stream" and mounts["config"] == "/etc/pegp-stream"
+    config_map = next(v for v in pod["volumes"] if v["name"] == "config")["configMap"]["name"]
+    config = load_tree(yaml.safe_load(by_kind[("ConfigMap", config_map)]["data"]["config.yaml"]))
+    assert config.checkpoint.dir.startswith("/var/lib/pegp-stream") and config.http.port == ports["http"]
+    # the one-rank learner's Service must not select the ranks' pods (the two are alternatives)
+    single = next(doc for doc in _manifests() if (doc["kind"], doc["metadata"]["name"]) == ("Service", "pegp-learner"))
+    assert not single["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_compose_ranks_profile_runs_one_container_with_two_ranks():
+    """compose's `ranks` profile: one container, torchrun --nproc-per-node 2 of the same image and config, its own
+    state volume and consumer group, off by default (an alternative to the one-rank `learner`)."""
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    ranks, single = services["learner-ranks"], services["learner"]
+    assert ranks["profiles"] == ["ranks"] and "profiles" not in single
+    launch = _torchrun(ranks["entrypoint"] + ranks["command"])
+    assert (launch.module, launch.training_script, launch.nproc_per_node) == (True, "pegp_stream", "2")
+    assert launch.standalone and launch.training_script_args == single["command"]
+    assert ranks["image"] == single["image"]
+    assert ranks["environment"]["PEGP_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert ranks["environment"]["PEGP_KAFKA__GROUP_ID"] != single["environment"].get("PEGP_KAFKA__GROUP_ID")
+    volume = next(v.split(":")[0] for v in ranks["volumes"] if v.endswith(":/var/lib/pegp-stream"))
+    assert volume not in {v.split(":")[0] for v in single["volumes"]}
+    assert set(ranks["ports"]).isdisjoint(single["ports"])
