@@ -30,6 +30,7 @@ from kafka import KafkaProducer
 
 from pegp_stream.checkpoint import CheckpointStore, encode_state
 from pegp_stream.config import StreamConfig
+from pegp_stream.core.learner import create_learner
 from pegp_stream.daemon import Daemon
 from pegp_stream.data.streams import build_stream
 from pegp_stream.errors import CheckpointError
@@ -83,8 +84,8 @@ class FailingLearner:
 def test_an_unexpected_error_writes_no_checkpoint_and_a_restart_applies_each_record_once(broker, tmp_path):
     ids = produce_digits(broker.bootstrap_servers, "boom", limit_per_class=6)
     config = typed(daemon_config(tmp_path, broker.bootstrap_servers, "boom"))
-    failing = Daemon(config)
-    failing.learner = FailingLearner(failing.learner, fail_at=7)  # batch 8 holds a marker change: two runs
+    # batch 8 holds a marker change: two runs
+    failing = Daemon(config, learner=FailingLearner(create_learner(config.learner), fail_at=7))
     with pytest.raises(RuntimeError, match="injected"):
         failing.run()
     state = latest_state(tmp_path / "checkpoints")
