@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
 import yaml
 from conftest import digits_segment  # noqa: F401 - keeps conftest's fixtures importable here
 from daemon_support import daemon_config, digest, latest_state, produce_digits, wait_for
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 from test_distributed import TOLERANCE, _differences
 
 from pegp_stream.config import DaemonConfig, to_config
@@ -21,6 +24,7 @@ from pegp_stream.core.learner import create_learner
 from pegp_stream.drift import BoundaryPolicy
 from pegp_stream.driver import StreamDriver
 from pegp_stream.inputs.decode import decode_record
+from pegp_stream.kafka.broker import free_port
 
 RANKS = 2
 PARTITIONS = 4
@@ -65,19 +69,65 @@ def one_rank_fed(config: DaemonConfig, batches: list[list]) -> dict:
     return learner.state_dict()
 
 
+def scrape(url: str) -> dict[tuple[str, tuple], float] | None:
+    """Every sample of a Prometheus text page, by name and sorted labels; None while nothing answers."""
+    try:
+        page = httpx.get(f"{url}/metrics", timeout=5)
+    except httpx.TransportError:
+        return None
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(page.text) for sample in family.samples}
+
+
+def by_label(samples: dict, name: str, label: str) -> dict[str, float]:
+    return {dict(labels)[label]: value for (sample, labels), value in samples.items() if sample == name}
+
+
 def test_two_ranks_under_torchrun_learn_every_record_once_and_as_one_rank_fed_the_global_batches(broker, tmp_path):
+    """...and rank 0 serves the group's metrics: every partition's consumed count and lag (each rank's partitions),
+    the records learned by both ranks, each rank's own gauges."""
     bootstrap = broker.bootstrap_servers
     ids = produce_digits(bootstrap, "ranked", limit_per_class=12, partitions=PARTITIONS)
-    config = daemon_config(tmp_path, bootstrap, "ranked", exit_when_idle_s=2.0)
+    port = free_port()
+    # idle for 8 s before exiting: time to scrape rank 0 once everything is learned
+    config = daemon_config(tmp_path, bootstrap, "ranked", exit_when_idle_s=8.0,
+                           http={"enabled": True, "host": "127.0.0.1", "port": port})
     # eps 0.99: the 0.999 energy cut can fall between near-equal eigenvalues (see test_ranks_lockstep.LEARNER)
     config["learner"] |= {"head": {"kind": "ncm"}, "projection": {"eps": 0.99}}
     ranks = start_ranks(config, tmp_path, "ranks")
+    url = f"http://127.0.0.1:{port}"
+
+    def all_learned() -> dict | None:
+        assert ranks.poll() is None, (tmp_path / "ranks.log").read_text()[-3000:]  # exited before it was scraped
+        samples = scrape(url)
+        if samples is None or samples.get(("pegp_samples_learned_total", ())) != len(ids):
+            return None
+        return samples if sum(by_label(samples, "pegp_consumer_lag_records", "partition").values()) == 0 else None
+
+    samples = wait_for(all_learned, 600, interval=0.2, what="all learned")
+    every_partition = {str(p) for p in range(PARTITIONS)}
+    consumed = by_label(samples, "pegp_samples_consumed_total", "partition")
+    assert set(consumed) == every_partition and sum(consumed.values()) == len(ids), consumed
+    assert set(by_label(samples, "pegp_consumer_lag_records", "partition")) == every_partition
+    assert samples[("pegp_ranks", ())] == RANKS
+    read = by_label(samples, "pegp_rank_samples_read_total", "rank")
+    assert set(read) == {"0", "1"} and sum(read.values()) == len(ids), read
+    assert set(by_label(samples, "pegp_rank_last_step_duration_seconds", "rank")) == {"0", "1"}
+    model = httpx.get(f"{url}/v1/model", timeout=5).json()
+    assert set(model["offsets"]) == every_partition and sum(model["offsets"].values()) == len(ids), model
+    status = httpx.get(f"{url}/v1/status", timeout=5).json()
+    assert status["records_learned"] == len(ids)
+    assert [share["rank"] for share in status["learner_ranks"]] == [0, 1]
     assert ranks.wait(timeout=600) == 0, (tmp_path / "ranks.log").read_text()[-3000:]
     state = latest_state(tmp_path / "checkpoints")
     stats = state["stats"]
     assert stats["learned"] == len(ids) == 120  # every record once, by count and by id digest
     assert int(stats["learned_digest"]) == digest(ids)
     assert state["learner"]["counters"]["samples_learned"] == len(ids)
+    prequential = state["prequential"]  # both ranks' predictions, as the metrics showed
+    assert prequential["total"] == len(ids)
+    assert samples[("pegp_prequential_accuracy", (("window", "cumulative"),))] == \
+        pytest.approx(prequential["correct"] / prequential["total"])
     # every rank's offsets, each partition at its end (the topic holds these records alone)
     assert set(state["offsets"]) == {str(p) for p in range(PARTITIONS)}
     assert sum(state["offsets"].values()) == len(ids), state["offsets"]

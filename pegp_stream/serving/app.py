@@ -250,6 +250,12 @@ def create_app(config: HttpConfig, snapshots: SnapshotPublisher, daemon: DaemonH
                 "lag": {str(p): n for p, n in state.lag.items()},
                 "records_learned": state.learned, "dead_letters": dict(state.dead_letters),
             })
+            if state.per_rank:  # several ranks: the fields above are the group's
+                out["learner_ranks"] = [{"rank": share.rank, "read": share.read, "learned": share.learned,
+                                         "lag": {str(p): n for p, n in share.lag.items()},
+                                         "offsets": {str(p): o for p, o in share.offsets.items()},
+                                         "throughput": share.throughput, "step_seconds": share.step_seconds}
+                                        for share in state.per_rank]
         return out
 
     @app.get("/v1/checkpoint/latest", response_class=Response, responses={

@@ -82,6 +82,19 @@ class StateCollector(Collector):
                      {"": checkpoint.get("seconds", 0.0)})
         yield _gauge("pegp_learner_heartbeat_age_seconds", "Seconds since the learner loop last came round", None,
                      {"": time.monotonic() - status.heartbeat})
+        if status.per_rank:  # several ranks: the metrics above are the group's, these are each rank's
+            yield from _rank_metrics(status)
+
+
+def _rank_metrics(status: DaemonStatus) -> Iterator:
+    shares = status.per_rank
+    yield _gauge("pegp_ranks", "Learner ranks (processes) learning together", None, {"": status.world_size})
+    yield _counter("pegp_rank_samples_read", "Records each rank has read since its process started", "rank",
+                   {str(share.rank): share.read for share in shares})
+    yield _gauge("pegp_rank_last_step_duration_seconds", "Duration of each rank's last step (decode, learn with "
+                 "its collectives, advance)", "rank", {str(share.rank): share.step_seconds for share in shares})
+    yield _gauge("pegp_rank_throughput_records_per_second", "Records each rank learned per second, recently", "rank",
+                 {str(share.rank): share.throughput for share in shares})
 
 
 def _counter(name: str, doc: str, label: str | None, values: dict) -> CounterMetricFamily:

@@ -38,6 +38,28 @@ class Durations:
 
 
 @dataclass(frozen=True)
+class RankShare:
+    """One rank's part of the group's status when several ranks learn (daemon_ranks.py): its own records' accounts,
+    gathered with every step's vote. Plain dicts (it is pickled between ranks); never mutated once made."""
+
+    rank: int
+    read: int  # records this rank's process has read since it started
+    consumed: dict[int, int]  # records read, per partition (this rank's partitions)
+    offsets: dict[int, int]
+    lag: dict[int, int]
+    offset_resets: dict[int, int]
+    learned: int
+    dead_letters: dict[str, int]
+    correct: int  # prequential hits and rows, this rank's records
+    total: int
+    window_hits: int  # the same over this rank's sliding window
+    window_rows: int
+    segments: dict[int, tuple[int, int]]  # (hits, rows) per segment
+    throughput: float  # records this rank learned per second, recently
+    step_seconds: float  # this rank's last step: decode, learn (with the collectives), advance
+
+
+@dataclass(frozen=True)
 class DaemonStatus:
     """One moment of the daemon. Mappings are read-only copies; times named `*_at` and `heartbeat` are
     `time.monotonic()` values, `last_checkpoint["time"]` is Unix time."""
@@ -80,6 +102,9 @@ class DaemonStatus:
     bootstrap_servers: str
     broker_silent_after_s: float  # 3 kafka.lag_interval_s
     stall_after_s: float  # http.stall_after_s
+    # several ranks: rank 0's status covers the group (the fields above summed or merged), each rank's part here
+    world_size: int = 1
+    per_rank: tuple[RankShare, ...] = ()
 
     def not_ready(self, now: float) -> str | None:
         """Why the learner is not ready at monotonic time `now` (read by /readyz), or None: not connected to
