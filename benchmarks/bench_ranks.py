@@ -129,7 +129,11 @@ def run_ranks(world: int, options: dict[str, Any]) -> dict[str, Any]:
     """Spawn `world` ranks over the same global batches; one table row from their totals."""
     with tempfile.TemporaryDirectory() as out:
         if world == 1:  # the plain learner needs no second process (and the smoke test no second start-up)
-            _rank_main(0, 1, 0, options, out)
+            threads = torch.get_num_threads()
+            try:
+                _rank_main(0, 1, 0, options, out)
+            finally:  # the caller's process keeps its thread count (a smoke test runs in pytest's own process)
+                torch.set_num_threads(threads)
         else:
             mp.start_processes(_rank_main, args=(world, free_port(), options, out), nprocs=world,
                                start_method="spawn")

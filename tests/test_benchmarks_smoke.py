@@ -211,7 +211,9 @@ def test_bench_ranks_quick_splits_the_step_of_one_and_two_ranks(tmp_path: Path) 
     from benchmarks.bench_ranks import COLUMNS as RANKS_COLUMNS
     from benchmarks.bench_ranks import main as bench_ranks
 
+    threads = torch.get_num_threads()
     assert bench_ranks(["--quick", "--out", str(tmp_path)]) == 0
+    assert torch.get_num_threads() == threads, "the benchmark changed the test process's torch threads"
     columns, rows = _read(tmp_path / "bench_ranks.csv")
     assert columns == RANKS_COLUMNS
     assert [(r["ranks"], r["backend"]) for r in rows] == [("1", "none"), ("2", "gloo")]
