@@ -153,14 +153,16 @@ def rank_process(torchrun: subprocess.Popen, rank: int) -> int | None:
 
 
 def test_a_rank_killed_mid_stream_comes_back_with_the_group_and_every_record_is_learned_once(broker, tmp_path):
-    """SIGKILL of rank 1 after the first checkpoint: torchrun (--max-restarts 1) stops rank 0 and starts both
+    """SIGKILL of rank 1 after the first checkpoint: torchrun (--max-restarts 3) stops rank 0 and starts both
     again; they resume from rank 0's last checkpoint, and the final checkpoint holds every record once and the
     model of an uninterrupted run (the ranks cut the same global batches from the checkpointed offsets)."""
     bootstrap = broker.bootstrap_servers
     ids = produce_digits(bootstrap, "killed", limit_per_class=40, partitions=PARTITIONS)
     config = daemon_config(tmp_path, bootstrap, "killed", exit_when_idle_s=2.0)
     config["learner"] |= {"head": {"kind": "ncm"}, "projection": {"eps": 0.99}}
-    ranks = start_ranks(config, tmp_path, "ranks", "--max-restarts", "1")
+    # 3 restarts, as deploy/k8s/learner-ranks.yaml: after a restart gloo's full-mesh connect sometimes meets a
+    # refused connection (seen in 1 of 3 CI runs, before any pegp_stream code runs); torchrun's next restart joins
+    ranks = start_ranks(config, tmp_path, "ranks", "--max-restarts", "3")
     checkpoints = tmp_path / "checkpoints"
     wait_for(lambda: checkpoints.is_dir() and any(p.suffix == ".safetensors" for p in checkpoints.iterdir()), 300,
              interval=0.05, what="a first checkpoint")
