@@ -100,15 +100,19 @@ def _rank_main(rank: int, port: int, out: str) -> None:
 def ranks_learned(tmp_path_factory) -> Path:
     """Run both ranks over every case; the directory of their results."""
     out = tmp_path_factory.mktemp("ranks")
-    context = mp.start_processes(_rank_main, args=(free_port(), str(out)), nprocs=RANKS, join=False,
-                                 start_method="spawn")
+    spawn_ranks(_rank_main, out)
+    return out
+
+
+def spawn_ranks(main, out: Path, ranks: int = RANKS) -> None:
+    """Run `main(rank, port, out)` in `ranks` spawned processes joined over a free port; fail if they hang."""
+    context = mp.start_processes(main, args=(free_port(), str(out)), nprocs=ranks, join=False, start_method="spawn")
     deadline = time.monotonic() + 900  # generous: two processes on a loaded 2-core machine; a hang fails, not waits
     while not context.join(timeout=5):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()
             pytest.fail("the ranks did not finish in 900 s")
-    return out
 
 
 def _rank_results(out: Path, name: str) -> list[dict]:

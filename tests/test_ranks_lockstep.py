@@ -10,7 +10,6 @@ The ranks are real processes (torch.multiprocessing, spawn) in one gloo process 
 from __future__ import annotations
 
 import os
-import time
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
@@ -18,16 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from conftest import tiny_config
-from test_distributed import TOLERANCE, _differences, _tensors
+from test_distributed import TOLERANCE, _differences, _tensors, spawn_ranks
 
 from pegp_stream import create_learner
 from pegp_stream.data.datasets import load_dataset
 from pegp_stream.distributed import TorchCollective
 from pegp_stream.drift import BoundaryPolicy
 from pegp_stream.driver import StreamDriver
-from pegp_stream.kafka.broker import free_port
 
 RANKS = 2
 BATCH = 8
@@ -104,14 +101,7 @@ def _rank_main(rank: int, port: int, out: str) -> None:
 @pytest.fixture(scope="module")
 def ranks_driven(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("lockstep")
-    context = mp.start_processes(_rank_main, args=(free_port(), str(out)), nprocs=RANKS, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + 900  # generous: two processes on a loaded 2-core machine; a hang fails, not waits
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the ranks did not finish in 900 s")
+    spawn_ranks(_rank_main, out, RANKS)
     return [torch.load(out / f"rank-{rank}.pt", weights_only=False) for rank in range(RANKS)]
 
 
