@@ -222,3 +222,19 @@ def test_bench_ranks_quick_splits_the_step_of_one_and_two_ranks(tmp_path: Path) 
         assert parts == pytest.approx(float(row["step_ms"]))
         assert float(row["records_per_s"]) > 0 and float(row["collectives_per_step"]) >= 2
     assert float(rows[1]["communication_ms"]) > float(rows[0]["communication_ms"])  # gloo vs identity calls
+
+
+def test_torchrun_restarts_brings_a_group_back_with_a_fresh_store(tmp_path: Path) -> None:
+    """One run per setting: with a fresh store per restart (what docs/operations.md tells users to set) the
+    killed group comes back; the shared-store run has one outcome, whichever (it fails only sometimes)."""
+    from benchmarks.torchrun_restarts import COLUMNS as RESTART_COLUMNS
+
+    command = [sys.executable, "-m", "benchmarks.torchrun_restarts", "--runs", "1", "--timeout", "60",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=GPU_SH.parents[1])
+    assert done.returncode == 0, done.stderr[-3000:]
+    columns, rows = _read(tmp_path / "torchrun_restarts.csv")
+    assert columns == RESTART_COLUMNS
+    shared, fresh = rows
+    assert fresh["setting"] == "fresh store per restart" and fresh["came back"] == "1", fresh
+    assert sum(int(shared[k]) for k in ("came back", "failed", "hung")) == 1

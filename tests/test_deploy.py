@@ -358,6 +358,11 @@ def test_k8s_ranks_statefulset_runs_torchrun_with_c10d_rendezvous_on_pod_0():
     assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
     host, port = launch.rdzv_endpoint.split(":")
     assert host == f"pegp-learner-ranks-0.{spec['serviceName']}"
+    # restarts get a fresh store, hosted by rank 0 at its pod's resolvable name (docs/operations.md, "Several ranks")
+    env = {e["name"]: e for e in container["env"]}
+    assert launch.max_restarts > 0 and env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"]["value"] == "1"
+    assert launch.local_addr == f"$(POD_NAME).{spec['serviceName']}"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["rendezvous"] == int(port)
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["rendezvous"] == int(port)
@@ -383,6 +388,7 @@ def test_compose_ranks_profile_runs_one_container_with_two_ranks():
     launch = _torchrun(ranks["entrypoint"] + ranks["command"])
     assert (launch.module, launch.training_script, launch.nproc_per_node) == (True, "pegp_stream", "2")
     assert launch.standalone and launch.training_script_args == single["command"]
+    assert launch.max_restarts > 0 and ranks["environment"]["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
     assert ranks["image"] == single["image"]
     assert ranks["environment"]["PEGP_KAFKA__BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert ranks["environment"]["PEGP_KAFKA__GROUP_ID"] != single["environment"].get("PEGP_KAFKA__GROUP_ID")

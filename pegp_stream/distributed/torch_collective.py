@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from pegp_stream.errors import RankDivergenceError
+from pegp_stream.errors import ConfigError, RankDivergenceError
 
 
 class TorchCollective:
@@ -29,6 +31,7 @@ class TorchCollective:
         device, cuda:LOCAL_RANK under torchrun) is a GPU, gloo otherwise. `timeout`: how long a collective waits
         for the other ranks before it fails (torch's default when None)."""
         if not dist.is_initialized():
+            check_restartable_launch(os.environ)
             backend = "nccl" if device.type == "cuda" else "gloo"
             if backend == "nccl":
                 torch.cuda.set_device(device)  # NCCL's object collectives use the current device
@@ -84,6 +87,20 @@ class TorchCollective:
                 f"(digests {', '.join(f'{r}: {d}' for r, d in enumerate(digests))}); this rank is {self.rank}. "
                 "The ranks no longer hold one model: stop all of them and resume from the last checkpoint"
             )
+
+
+def check_restartable_launch(environ: Mapping[str, str]) -> None:
+    """Fail (ConfigError, one line) when torchrun may restart the group (TORCHELASTIC_MAX_RESTARTS above 0) and
+    hands its workers the rendezvous store it keeps across restarts (TORCHELASTIC_USE_AGENT_STORE): a restarted
+    group then meets the previous attempt's keys in that store, and gloo or NCCL connects to ports of processes
+    that are gone (`python -m benchmarks.torchrun_restarts`: 7 of 10 restarts of a bare two-rank gloo group
+    failed so or hung, 0 of 10 with a fresh store; pytorch/pytorch#135712, #167288). Better said at start than
+    at the first restart."""
+    if int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        raise ConfigError("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "torchrun with --max-restarts needs a fresh store "
+                          "for every restart: set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in torchrun's environment "
+                          "and use the c10d rendezvous (--standalone or --rdzv-backend c10d; the static one always "
+                          "shares its store); docs/operations.md, \"Several ranks\"")
 
 
 def tensors_digest(tensors: list[torch.Tensor]) -> str:
