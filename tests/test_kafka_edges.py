@@ -4,12 +4,15 @@ compressed topics written by librdkafka, and transactional producers."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 
 import pytest
 from conftest import digits_segment  # noqa: F401 - keeps conftest's fixtures importable here
-from daemon_support import daemon_config, digest, latest_state, produce_digits, typed, wait_for
+from daemon_support import daemon_config, digest, latest_state, produce_digits, start_process, typed, wait_for
 
+from pegp_stream.checkpoint import CheckpointStore
 from pegp_stream.daemon import Daemon
 from pegp_stream.kafka.broker import EmbeddedBroker, free_port
 from pegp_stream.kafka.source import OffsetOutOfRange
@@ -96,6 +99,35 @@ def test_log_lost_while_running_is_noticed_and_followed(tmp_path, setting):
     else:
         assert outcome == [0] and daemon.stats.learned_digest == digest(first + second)
         assert daemon.source.resets >= 1
+
+
+def test_a_broker_restarted_while_the_daemon_was_stopped_is_read_from_the_new_log_start_once(tmp_path):
+    """The daemon (a process) learns a first log and is frozen by SIGSTOP; the broker restarts (memory storage: a
+    new log of the same name, a new topic id) and takes more records than the daemon's position before SIGCONT.
+    With earliest every record of the new log is learned exactly once: nothing is read at the old position
+    while the daemon's cached metadata still names the old log."""
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    config = daemon_config(tmp_path, bootstrap, "frozen", exit_when_idle_s=10.0, kafka={"offset_reset": "earliest"},
+                           checkpoint={"every_records": 1})
+    with EmbeddedBroker(port=port):
+        first = produce_digits(bootstrap, "frozen", limit_per_class=3, id_prefix="a")
+        daemon = start_process(config, tmp_path)
+        wait_for(lambda: _checkpointed_learned(tmp_path / "checkpoints") == len(first), 180, what="the first log")
+        os.kill(daemon.pid, signal.SIGSTOP)
+    with EmbeddedBroker(port=port):
+        second = produce_digits(bootstrap, "frozen", limit_per_class=6, id_prefix="b")  # 60 records > 30
+        os.kill(daemon.pid, signal.SIGCONT)
+        assert daemon.wait(timeout=180) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+    state = latest_state(tmp_path / "checkpoints")
+    assert state["stats"]["learned"] == len(first) + len(second)
+    assert int(state["stats"]["learned_digest"]) == digest(first + second)
+    assert state["offsets"] == {"0": len(second)}
+
+
+def _checkpointed_learned(directory) -> int | None:
+    checkpoint = CheckpointStore(directory).load_latest() if directory.is_dir() else None
+    return checkpoint.state["stats"]["learned"] if checkpoint else None
 
 
 def _run_catching(daemon: Daemon):
