@@ -51,13 +51,18 @@ def one_run(share: str, timeout: float, log: Path) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "--max-restarts", "1", "-m", "benchmarks.torchrun_restarts", "--worker"]
     env = {**os.environ, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": share, "OMP_NUM_THREADS": "1"}
-    with log.open("w") as out:  # its own session, so a hung run's workers go with it
-        group = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    with log.open("w") as out:
+        launcher = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            code = group.wait(timeout=timeout)
+            code = launcher.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(group.pid, signal.SIGKILL)
-            group.wait()
+            # SIGTERM: torchrun stops its workers (they run in sessions of their own, out of a killpg's reach)
+            launcher.terminate()
+            try:
+                launcher.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(launcher.pid, signal.SIGKILL)
+                launcher.wait()
             return "hung"
     return "came back" if code == 0 and log.read_text().count("came back") == 2 else "failed"
 
