@@ -68,6 +68,12 @@ def produce_digits(bootstrap: str, topic: str, limit_per_class: int = 20, partit
     return [f"{id_prefix}0-{item.position}" for item in stream.items]
 
 
+def checkpointed_learned(checkpoint_dir: Path) -> int:
+    """Records learned as of the newest checkpoint in `checkpoint_dir`; 0 while there is none (yet)."""
+    latest = CheckpointStore(checkpoint_dir).load_latest() if checkpoint_dir.is_dir() else None
+    return latest.state["stats"]["learned"] if latest else 0
+
+
 def latest_state(checkpoint_dir: Path) -> dict:
     checkpoint = CheckpointStore(checkpoint_dir).load_latest()
     assert checkpoint is not None, f"no checkpoint in {checkpoint_dir}"

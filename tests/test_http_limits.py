@@ -20,11 +20,10 @@ import httpx
 import numpy as np
 import pytest
 from conftest import digits_segment, tiny_config
-from daemon_support import daemon_config, latest_state, produce_digits, start_process, wait_for
+from daemon_support import checkpointed_learned, daemon_config, latest_state, produce_digits, start_process, wait_for
 from PIL import Image
 
 from pegp_stream import create_learner
-from pegp_stream.checkpoint import CheckpointStore
 from pegp_stream.config import HttpConfig
 from pegp_stream.errors import ConfigError
 from pegp_stream.kafka.broker import EmbeddedBroker, free_port
@@ -229,7 +228,7 @@ def test_a_flood_of_connections_cannot_starve_the_learner_of_file_descriptors(tm
             flood += [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(1000)]
             ids = produce_digits(broker.bootstrap_servers, "flood", limit_per_class=12)
             checkpoints = tmp_path / "checkpoints"
-            wait_for(lambda: process.poll() is not None or _learned(checkpoints) == len(ids), 300,
+            wait_for(lambda: process.poll() is not None or checkpointed_learned(checkpoints) == len(ids), 300,
                      what="checkpoints while flooded")
             assert process.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
             process.send_signal(signal.SIGTERM)
@@ -246,11 +245,6 @@ def _healthy(url: str) -> bool:
         return httpx.get(url + "/healthz", timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _learned(checkpoints) -> int:
-    latest = CheckpointStore(checkpoints).load_latest() if checkpoints.is_dir() else None
-    return latest.state["stats"]["learned"] if latest else 0
 
 
 # ---------------------------------------------------------------- 17 (part): the port in use

@@ -10,9 +10,17 @@ import threading
 
 import pytest
 from conftest import digits_segment  # noqa: F401 - keeps conftest's fixtures importable here
-from daemon_support import daemon_config, digest, latest_state, produce_digits, start_process, typed, wait_for
+from daemon_support import (
+    checkpointed_learned,
+    daemon_config,
+    digest,
+    latest_state,
+    produce_digits,
+    start_process,
+    typed,
+    wait_for,
+)
 
-from pegp_stream.checkpoint import CheckpointStore
 from pegp_stream.daemon import Daemon
 from pegp_stream.kafka.broker import EmbeddedBroker, free_port
 from pegp_stream.kafka.source import OffsetOutOfRange
@@ -113,7 +121,7 @@ def test_a_broker_restarted_while_the_daemon_was_stopped_is_read_from_the_new_lo
     with EmbeddedBroker(port=port):
         first = produce_digits(bootstrap, "frozen", limit_per_class=3, id_prefix="a")
         daemon = start_process(config, tmp_path)
-        wait_for(lambda: _checkpointed_learned(tmp_path / "checkpoints") == len(first), 180, what="the first log")
+        wait_for(lambda: checkpointed_learned(tmp_path / "checkpoints") == len(first), 180, what="the first log")
         os.kill(daemon.pid, signal.SIGSTOP)
     with EmbeddedBroker(port=port):
         second = produce_digits(bootstrap, "frozen", limit_per_class=6, id_prefix="b")  # 60 records > 30
@@ -123,11 +131,6 @@ def test_a_broker_restarted_while_the_daemon_was_stopped_is_read_from_the_new_lo
     assert state["stats"]["learned"] == len(first) + len(second)
     assert int(state["stats"]["learned_digest"]) == digest(first + second)
     assert state["offsets"] == {"0": len(second)}
-
-
-def _checkpointed_learned(directory) -> int | None:
-    checkpoint = CheckpointStore(directory).load_latest() if directory.is_dir() else None
-    return checkpoint.state["stats"]["learned"] if checkpoint else None
 
 
 def _run_catching(daemon: Daemon):
