@@ -2,7 +2,7 @@
 references and the head variants, each over several seeds through `pegp_stream.evaluation.run` (what
 `pegp-stream eval` runs).
 
-    python -m benchmarks.evidence run    [--suites heads,s1,s2,s3,refs,frozen-heads] [--seeds 0,1,2] [--workers 2]
+    python -m benchmarks.evidence run    [--suites heads,s1,s2,s3,refs,frozen-heads,iid] [--seeds 0,1,2] [--workers 2]
                                          [--quick]
     python -m benchmarks.evidence report [--out DIR]
     python -m benchmarks.evidence slda-peer [--seeds 0,1,2] [--shrinkage S] [--quick]   (benchmarks/slda_peer.py)
@@ -82,7 +82,10 @@ S3_SEVERITY = 3
 DETECTOR = {"kind": "page_hinkley"}  # S2: the prequential loss jumps when unseen classes arrive
 JOINT_EPOCHS = 3
 JOINT_LINEAR_HEAD_LR = 0.01  # the joint reference's linear head (the PET keeps its paradigm's rate)
-SUITES = ("heads", "s1", "s2", "s3", "refs", "frozen-heads")
+SUITES = ("heads", "s1", "s2", "s3", "refs", "frozen-heads", "iid")
+# The headroom a one-pass learner has (suite "iid"): the PET at the shipped defaults fed the stream's training
+# samples once in a random order (one segment: no drift, nothing to protect), slda refit on its final features.
+# Folders iid-s1/<paradigm>/iid-1ep and iid-s3/...; S2 holds S1's samples, so its reference is iid-s1's.
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,10 @@ def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], 
                 for paradigm in paradigms:
                     for projected in (False, True):
                         add(suite, paradigm, "pegp" if projected else "plain", seed, projected=projected, kind=suite)
+        if "iid" in suites:
+            for kind in ("s1", "s3"):
+                for paradigm in paradigms:
+                    add(f"iid-{kind}", paradigm, "iid-1ep", seed, projected=False, kind=kind, joint_epochs=1)
         if "refs" in suites:
             add("refs", "none", "frozen-linear", seed, projected=False, head="linear-free")
             add("refs", "none", "frozen-ncm", seed, projected=False, head="ncm")

@@ -168,8 +168,17 @@ def test_evidence_plan_gives_each_run_its_own_settings():
     assert runs["refs/none/frozen-linear"]["learner"]["projection"] == {"enabled": False, "protect_head": False}
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
+
+def test_the_iid_reference_is_one_shuffled_pass_over_each_kind_of_stream_at_the_defaults():
+    from benchmarks import evidence
+
+    runs = {r.key: r.config for r in evidence.plan(["iid"], [0], ["lora"], True, None, 10, 5)}
+    assert sorted(runs) == ["iid-s1/lora/iid-1ep", "iid-s3/lora/iid-1ep"]
+    for config in runs.values():
+        assert config["joint_epochs"] == 1
+        assert config["learner"]["projection"]["enabled"] is False  # one segment: nothing to protect
+        assert config["learner"]["head"] == {"kind": "slda"}  # the shipped head, refit at the end of the pass
+    assert runs["iid-s3/lora/iid-1ep"]["stream"]["corruptions"] == list(evidence.S3_CORRUPTIONS)
 
 
 def test_the_shipped_head_defaults_beat_a_frozen_backbone_with_ncm(digits_backbone):
@@ -180,3 +189,7 @@ def test_the_shipped_head_defaults_beat_a_frozen_backbone_with_ncm(digits_backbo
     assert shipped.config["learner"]["head"]["kind"] == "slda"
     print(f"A: shipped {shipped.average_accuracy:.3f}, frozen ncm {frozen.average_accuracy:.3f}")
     assert shipped.average_accuracy > frozen.average_accuracy + 0.005  # measured 0.927 against 0.913
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
