@@ -168,7 +168,6 @@ def test_evidence_plan_gives_each_run_its_own_settings():
     assert runs["refs/none/frozen-linear"]["learner"]["projection"] == {"enabled": False, "protect_head": False}
 
 
-
 def test_the_iid_reference_is_one_shuffled_pass_over_each_kind_of_stream_at_the_defaults():
     from benchmarks import evidence
 
