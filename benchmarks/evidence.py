@@ -6,6 +6,7 @@ references and the head variants, each over several seeds through `pegp_stream.e
                                          [--quick]
     python -m benchmarks.evidence report [--out DIR]
     python -m benchmarks.evidence slda-peer [--seeds 0,1,2] [--shrinkage S] [--quick]   (benchmarks/slda_peer.py)
+    python -m benchmarks.evidence feature-drift [--variant NAME:KEY=VALUE,...] [--steps N] (benchmarks/feature_drift.py)
 
 Streams (docs/method.md section 7 metrics; RESULTS.md says what was run):
 - S1: Split-MNIST (5 segments of 2 digits) then Split-Fashion-MNIST (5 of 2 classes); markers on.
@@ -337,7 +338,7 @@ def report(out: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.evidence", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["run", "report", "slda-peer"])
+    parser.add_argument("command", choices=["run", "report", "slda-peer", "feature-drift"])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--suites", default=",".join(SUITES), help="comma-separated: " + ", ".join(SUITES))
     parser.add_argument("--seeds", default="0,1,2")
@@ -358,6 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="tiny random ViT on scikit-learn digits: checks the pipeline in seconds")
     parser.add_argument("--shrinkage", type=float, default=None,
                         help="slda-peer: the shrinkage of both LDAs (default: learner.head.slda_shrinkage's)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                        help="feature-drift: a variant to measure (repeatable; default: frozen and the shipped "
+                             "defaults)")
+    parser.add_argument("--steps", type=int, default=0, help="feature-drift: steps of segment 1 (0: all of it)")
+    parser.add_argument("--every", type=int, default=150, help="feature-drift: steps between measurements")
     args = parser.parse_args(argv)
     if args.command == "report":
         return report(args.out)
@@ -372,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import slda_peer
 
         return slda_peer.run(args, backbone)
+    if args.command == "feature-drift":
+        from . import feature_drift
+
+        return feature_drift.run(args, backbone)
     runs = plan(suites, [int(s) for s in args.seeds.split(",")], args.paradigms.split(","), args.quick, backbone,
                 args.limit_per_class, args.test_limit_per_class, args.overrides)
     variants = {v for v in args.variants.split(",") if v}

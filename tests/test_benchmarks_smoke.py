@@ -238,3 +238,26 @@ def test_torchrun_restarts_brings_a_group_back_with_a_fresh_store(tmp_path: Path
     shared, fresh = rows
     assert fresh["setting"] == "fresh store per restart" and fresh["came back"] == "1", fresh
     assert sum(int(shared[k]) for k in ("came back", "failed", "hung")) == 1
+
+
+def test_feature_drift_measures_how_far_old_features_move(tmp_path: Path) -> None:
+    """`evidence feature-drift --quick`: nothing moves without a PET; LoRA without projection at a high rate
+    moves segment 0's features and its class means, and the head's stored means (drift compensation off) do not
+    follow, so the tracking error equals the true move; with the projection (both thresholds near 1) the same
+    rate moves them far less."""
+    from benchmarks import evidence
+    from benchmarks.feature_drift import COLUMNS as DRIFT_COLUMNS
+
+    variants = ["frozen:learner.pet.kind=none", "plain:learner.projection.enabled=false",
+                "pegp:learner.projection.eps=0.99999,learner.projection.eps_bottleneck=0.99999"]
+    args = ["feature-drift", "--quick", "--out", str(tmp_path), "--limit-per-class", "60", "--test-limit-per-class",
+            "20", "--every", "4", "--set", "learner.optimizer.lr=1.0", "--set", "learner.head.drift_compensation=none"]
+    assert evidence.main([*args, *(part for v in variants for part in ("--variant", v))]) == 0
+    columns, rows = _read(tmp_path / "feature_drift.csv")
+    assert columns == DRIFT_COLUMNS
+    last = {row["variant"]: row for row in rows}  # each variant's last measurement
+    assert [r["steps"] for r in rows if r["variant"] == "frozen"][:2] == ["0", "4"]
+    assert float(last["frozen"]["drift_old"]) == 0 and float(last["frozen"]["mean_moved"]) == 0
+    plain, pegp = (float(last[v]["drift_old"]) for v in ("plain", "pegp"))
+    assert plain > 0.003 and pegp < plain / 10, (plain, pegp)
+    assert float(last["plain"]["tracking_error"]) == pytest.approx(float(last["plain"]["mean_moved"]), rel=1e-3)

@@ -39,7 +39,7 @@ def run_eval(
     learner = learner or create_learner(config.learner)
     train = build_stream(config.stream)
     test = build_test_stream(config.stream, config.test_limit_per_class)
-    tests = _test_sets(test, learner, config.eval_batch_size)
+    tests = held_out_sets(test, learner, config.eval_batch_size)
     if config.joint_epochs:
         return _run_joint(config, learner, train, tests, log)
     return _run_online(config, learner, train, tests, log)
@@ -76,9 +76,9 @@ def _run_online(config, learner, train, tests, log) -> EvalResult:
         while len(square) < segments and remaining[len(square)] == 0:
             started = time.perf_counter()
             seen = len(square) + 1
-            square.append([_accuracy(learner, *tests[j]) for j in range(seen)])
+            square.append([accuracy(learner, *tests[j]) for j in range(seen)])
             if config.probe:
-                probe_square.append(_probe_accuracies(learner, tests[:seen]))
+                probe_square.append(probe_accuracies(learner, tests[:seen]))
             eval_seconds += time.perf_counter() - started
             if log:
                 log(f"{config.name}: after segment {seen - 1} ({records} records): "
@@ -136,7 +136,7 @@ def _run_joint(config, learner, train, tests, log) -> EvalResult:
     learner.refit_head(_batches(train, config.batch_size, learner))
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    row = [_accuracy(learner, *t) for t in tests]
+    row = [accuracy(learner, *t) for t in tests]
     return _result(
         config, learner, tests, matrix=[row], average_accuracy=sum(row) / len(row), forgetting=None,
         backward_transfer=None, prequential_accuracy=None, curve=[], true_boundaries=[], learner_boundaries=[],
@@ -157,7 +157,8 @@ def _batches(train: LabelledStream, batch_size: int, learner: Learner,
 # ------------------------------------------------------------------------------------------------ test data
 
 
-def _test_sets(test: LabelledStream, learner: Learner, batch_size: int) -> list[tuple[list[torch.Tensor], list[Label]]]:
+def held_out_sets(test: LabelledStream, learner: Learner,
+                  batch_size: int) -> list[tuple[list[torch.Tensor], list[Label]]]:
     """Per segment: the test images as model-input batches (prepared once) and their labels."""
     by_segment: dict[int, list[StreamRecord]] = {}
     for record in test:
@@ -171,7 +172,7 @@ def _test_sets(test: LabelledStream, learner: Learner, batch_size: int) -> list[
     return sets
 
 
-def _probe_accuracies(learner: Learner, tests: Sequence[tuple[list[torch.Tensor], list[Label]]]) -> list[float]:
+def probe_accuracies(learner: Learner, tests: Sequence[tuple[list[torch.Tensor], list[Label]]]) -> list[float]:
     """Per seen segment: accuracy of a readout of the learner's head kind (cosine nearest class mean for a
     linear head, which has no statistics to refit) fit afresh on the current features of the even-numbered
     held-out rows of every seen class, scored on the odd-numbered ones. Against the learner's own accuracy it
@@ -193,7 +194,7 @@ def _probe_accuracies(learner: Learner, tests: Sequence[tuple[list[torch.Tensor]
     return scores
 
 
-def _accuracy(learner: Learner, batches: Sequence[torch.Tensor], labels: Sequence[Label]) -> float:
+def accuracy(learner: Learner, batches: Sequence[torch.Tensor], labels: Sequence[Label]) -> float:
     predicted: list = []
     for images in batches:
         predicted += learner.predict_many(images).labels
