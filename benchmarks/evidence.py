@@ -374,14 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     backbone = args.backbone or (None if args.quick else BACKBONE_FILE)
     if backbone is not None and not backbone.exists():
         parser.error(f"backbone {backbone} not found (see benchmarks/assets/README.md to rebuild it)")
-    if args.command == "slda-peer":
-        from . import slda_peer
-
-        return slda_peer.run(args, backbone)
-    if args.command == "feature-drift":
-        from . import feature_drift
-
-        return feature_drift.run(args, backbone)
+    if args.command in ("slda-peer", "feature-drift"):
+        return _in_process(args, backbone)
     runs = plan(suites, [int(s) for s in args.seeds.split(",")], args.paradigms.split(","), args.quick, backbone,
                 args.limit_per_class, args.test_limit_per_class, args.overrides)
     variants = {v for v in args.variants.split(",") if v}
@@ -392,6 +386,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures = run_grid(runs, args.out, args.workers, args.threads)
     report(args.out)
     return 1 if failures else 0
+
+
+def _in_process(args: argparse.Namespace, backbone: Path | None) -> int:
+    """slda-peer and feature-drift run in this process, on `--threads` torch threads; the caller's thread count
+    is restored afterwards (the tests call main in-process, and a changed count changes later tests' floats)."""
+    import torch
+
+    from . import feature_drift, slda_peer
+
+    module = slda_peer if args.command == "slda-peer" else feature_drift
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(args.threads)
+        return module.run(args, backbone)
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

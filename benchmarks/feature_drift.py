@@ -45,7 +45,6 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def run(args: argparse.Namespace, backbone: Path | None) -> int:
-    torch.set_num_threads(args.threads)
     variants = [parse_variant(v) for v in (args.variant or DEFAULT_VARIANTS)]
     rows: list[dict[str, Any]] = []
     for name, overrides in variants:

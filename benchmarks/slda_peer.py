@@ -179,7 +179,6 @@ def run(args: argparse.Namespace, backbone: Path | None) -> int:
 
     from .evidence import learner, stream
 
-    torch.set_num_threads(args.threads)
     shrinkage = args.shrinkage or HeadConfig.model_fields["slda_shrinkage"].default
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:

@@ -252,7 +252,9 @@ def test_feature_drift_measures_how_far_old_features_move(tmp_path: Path) -> Non
                 "pegp:learner.projection.eps=0.99999,learner.projection.eps_bottleneck=0.99999"]
     args = ["feature-drift", "--quick", "--out", str(tmp_path), "--limit-per-class", "60", "--test-limit-per-class",
             "20", "--every", "4", "--set", "learner.optimizer.lr=1.0", "--set", "learner.head.drift_compensation=none"]
+    threads = torch.get_num_threads()
     assert evidence.main([*args, *(part for v in variants for part in ("--variant", v))]) == 0
+    assert torch.get_num_threads() == threads, "the benchmark changed the test process's torch threads"
     columns, rows = _read(tmp_path / "feature_drift.csv")
     assert columns == DRIFT_COLUMNS
     last = {row["variant"]: row for row in rows}  # each variant's last measurement
