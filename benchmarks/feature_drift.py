@@ -33,7 +33,6 @@ from .common import format_table, progress, write_csv
 COLUMNS = ["variant", "steps", "acc_old", "acc_new", "probe_old", "drift_old", "mean_moved", "tracking_error",
            "between"]
 DEFAULT_VARIANTS = ("frozen:learner.pet.kind=none", "shipped:")
-BATCH = 16
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -71,7 +70,8 @@ def measure(name: str, overrides: list[str], args: argparse.Namespace, backbone:
               "stream": stream("s1", seed, args.quick, args.limit_per_class)}
     config = to_config(EvalConfig, merge_tree(config, parse_overrides(overrides)))
     model = create_learner(config.learner)
-    tests = held_out_sets(build_test_stream(config.stream, args.test_limit_per_class), model, 256)[:2]
+    tests = held_out_sets(build_test_stream(config.stream, args.test_limit_per_class), model,
+                          config.eval_batch_size)[:2]
     old_images, old_labels = tests[0]
     rows: list[dict] = []
     boundary: dict[str, torch.Tensor] = {}
@@ -100,7 +100,7 @@ def measure(name: str, overrides: list[str], args: argparse.Namespace, backbone:
         rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 
     segment, steps = 0, 0
-    for batch in build_stream(config.stream).batches(BATCH, True):
+    for batch in build_stream(config.stream).batches(config.batch_size, config.stream.markers):
         if batch[0].segment != segment:
             if batch[0].segment > 1:
                 break
