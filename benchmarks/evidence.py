@@ -245,8 +245,9 @@ def summarise(out: Path) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"suite": suite, "paradigm": paradigm, "variant": variant, "seeds": len(results)}
         for column, key in (("avg_acc", "average_accuracy"), ("forgetting", "forgetting"),
                             ("bwt", "backward_transfer"), ("prequential", "prequential_accuracy"),
-                            ("records_per_s", "records_per_second")):
-            row[f"{column}_mean"], row[f"{column}_std"] = _mean_std([r[key] for r in results])
+                            ("records_per_s", "records_per_second"), ("probe_acc", "probe_average_accuracy"),
+                            ("refit_acc", "refit_average_accuracy")):
+            row[f"{column}_mean"], row[f"{column}_std"] = _mean_std([r.get(key) for r in results])
         row["boundaries_mean"], _ = _mean_std([len(r["learner_boundaries"]) for r in results])
         detection = [_detection(r) for r in results if r["true_boundaries"]]
         row["detected_mean"], _ = _mean_std([found for found, _ in detection]) if detection else (None, None)
@@ -279,15 +280,16 @@ def _pm(row: dict, column: str, digits: int = 3) -> str:
 
 def markdown(rows: Sequence[dict]) -> str:
     header = "| suite | paradigm | variant | seeds | avg acc | forgetting | BWT | prequential | boundaries | " \
-             "found (delay) | basis fill | rec/s |"
-    lines = [header, "|" + "---|" * 12]
+             "found (delay) | basis fill | probe A | refit A | rec/s |"
+    lines = [header, "|" + "---|" * 14]
     for r in rows:
         fill = "-" if r["rank_fill_mean"] is None else f"{r['rank_fill_mean']:.2f}"
         found = "-" if r["detected_mean"] is None else f"{r['detected_mean']:.2f}" + (
             f" ({r['delay_mean']:+.0f})" if r["delay_mean"] == r["delay_mean"] else "")
         lines.append(f"| {r['suite']} | {r['paradigm']} | {r['variant']} | {r['seeds']} | {_pm(r, 'avg_acc')} | "
                      f"{_pm(r, 'forgetting')} | {_pm(r, 'bwt')} | {_pm(r, 'prequential')} | "
-                     f"{r['boundaries_mean']:.1f} | {found} | {fill} | {_pm(r, 'records_per_s', 0)} |")
+                     f"{r['boundaries_mean']:.1f} | {found} | {fill} | {_pm(r, 'probe_acc')} | {_pm(r, 'refit_acc')} | "
+                     f"{_pm(r, 'records_per_s', 0)} |")
     return "\n".join(lines)
 
 
@@ -315,7 +317,8 @@ def report(out: Path) -> int:
         print(f"no results under {out}", file=sys.stderr)
         return 1
     columns = ["suite", "paradigm", "variant", "seeds"] + [
-        f"{c}_{s}" for c in ("avg_acc", "forgetting", "bwt", "prequential", "records_per_s") for s in ("mean", "std")
+        f"{c}_{s}" for c in ("avg_acc", "forgetting", "bwt", "prequential", "records_per_s", "probe_acc", "refit_acc")
+        for s in ("mean", "std")
     ] + ["boundaries_mean", "detected_mean", "delay_mean", "rank_fill_mean"]
     write_csv(out / "summary.csv", rows, columns)
     checks = targets(rows)

@@ -482,3 +482,8 @@ class EvalConfig(Frozen):
         "segment end (means from half of each class's held-out data, accuracy on the other half): forgetting "
         "that the probe does not show is in the head, not in the features",
     )
+    refit: bool = Field(
+        False, description="also score, after the last segment, a head of the learner's kind refit on the final "
+        "features of every training sample (an oracle: it rereads the whole stream, which the learner cannot): "
+        "what the final features hold once no stored statistic is stale; a linear head is kept as it is",
+    )

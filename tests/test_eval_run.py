@@ -125,6 +125,29 @@ def test_probe_reads_the_features_not_the_head(digits_backbone):
     assert run_eval(eval_config(digits_backbone, stream={"limit_per_class": 10})).probe_matrix is None
 
 
+def test_refit_oracle_rereads_the_stream_without_touching_the_learner(digits_backbone):
+    """`refit`: a head refit at the end on every training sample's final features. On a frozen backbone the
+    stored statistics are the refit ones, so its row is the last row; a learner that moved its features keeps
+    the head it learned (its own predictions still give the last row)."""
+    frozen = run_eval(eval_config(digits_backbone, refit=True, learner={"pet": {"kind": "none"},
+                                                                         "head": {"kind": "slda"}}))
+    assert frozen.refit_row == frozen.matrix[-1]
+    assert frozen.refit_average_accuracy == pytest.approx(sum(frozen.matrix[-1]) / 5)
+    config = eval_config(digits_backbone, refit=True, learner={"projection": {"enabled": False},
+                                                               "optimizer": {"lr": 1.0}})
+    learner = create_learner(config.learner)
+    before = {name: p.detach().clone() for name, p in learner.pet_parameters.items()}
+    learned = run_eval(config, learner=learner)
+    assert any(not torch.equal(p, before[name]) for name, p in learner.pet_parameters.items())
+    assert len(learned.refit_row) == 5 and all(0.0 <= v <= 1.0 for v in learned.refit_row)
+    from pegp_stream.data.streams import build_test_stream
+    from pegp_stream.evaluation.run import accuracy, held_out_sets
+
+    tests = held_out_sets(build_test_stream(config.stream, 15), learner, 64)
+    assert [accuracy(learner, *t) for t in tests] == pytest.approx(learned.matrix[-1])
+    assert run_eval(eval_config(digits_backbone, stream={"limit_per_class": 10})).refit_row is None
+
+
 def test_evidence_grid_runs_resumes_and_reports(tmp_path):
     from benchmarks import evidence
 

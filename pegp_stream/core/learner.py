@@ -367,7 +367,8 @@ class Learner:
     def frozen_copy(self) -> Learner:
         """A copy that predicts (`predict_many`, `features`, `prepare`) as this learner does now, whatever it
         learns later: its own PET tensors, head and classes; the frozen backbone tensors are shared, not copied.
-        For reading only: its optimizer and bases are this learner's, so it must never learn or consolidate."""
+        For reading only: its optimizer and bases are this learner's, so it must never learn or consolidate
+        (`refit_head` replaces only the copy's own head)."""
         trained = {id(p) for p in self.pet_parameters.values()}
         frozen_tensors = [*self.backbone.parameters(), *self.backbone.buffers()]
         shared = {id(t): t for t in frozen_tensors if id(t) not in trained}

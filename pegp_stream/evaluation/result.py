@@ -37,6 +37,8 @@ class EvalResult:
     probe_matrix: list[list[float | None]] | None = None  # `EvalConfig.probe`: the refit readout's matrix
     probe_average_accuracy: float | None = None
     probe_forgetting: float | None = None
+    refit_row: list[float] | None = None  # `EvalConfig.refit`: the last row through the refit head
+    refit_average_accuracy: float | None = None
 
     @property
     def records_per_second(self) -> float:

@@ -6,6 +6,10 @@ drift policy's detector. Independently of what the learner is told, the runner k
 segment's training data ends and evaluates the held-out test data of every segment seen so far there:
 row i of the accuracy matrix R is measured once segment i's last training sample has been learned.
 
+Two readouts beside the learner's own head tell where accuracy is lost: `probe` refits a head on half of the
+held-out data at every segment end; `refit` refits one at the end on every training sample's final features (an
+oracle: what the features hold once no stored statistic is stale).
+
 `joint_epochs > 0` gives the offline upper reference instead: all training samples shuffled together,
 several epochs, no boundaries, one evaluation at the end.
 """
@@ -89,6 +93,11 @@ def _run_online(config, learner, train, tests, log) -> EvalResult:
         measured = {"probe_matrix": _padded(probe_square, segments),
                     "probe_average_accuracy": average_accuracy(probe_square),
                     "probe_forgetting": forgetting(probe_square)}
+    if config.refit:
+        oracle = learner.frozen_copy()  # the learner itself keeps the head it learned
+        oracle.refit_head(_batches(train, config.batch_size, learner))
+        row = [accuracy(oracle, *t) for t in tests]
+        measured |= {"refit_row": row, "refit_average_accuracy": sum(row) / len(row)}
     return _result(
         config, learner, tests, **measured, matrix=_padded(square, segments), average_accuracy=average_accuracy(square),
         forgetting=forgetting(square), backward_transfer=backward_transfer(square),
