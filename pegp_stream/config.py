@@ -71,7 +71,9 @@ class ProjectionConfig(Frozen):
     eps: Fraction = Field(0.999, description="energy threshold for d-dimensional feature spaces (0.999: segments "
                           "of 12 000 samples need it, benchmarks/RESULTS.md 'Full-size S1')")
     eps_bottleneck: Fraction = Field(
-        0.8, description="energy threshold for r-dimensional spaces (adapter up, LoRA B), which fill fast"
+        0.999, description="energy threshold for r-dimensional spaces (adapter up, LoRA B); at 0.8 the energy "
+        "left free let old features drift on 12 000-sample segments (benchmarks/RESULTS.md 'A default for "
+        "eps_bottleneck'); they fill at the first boundary, after which only the d-wide tensor learns",
     )
     protect_head: bool = Field(True, description="project the linear head's update against old features")
     max_tokens_per_sample: int | None = Field(
