@@ -109,7 +109,7 @@ class Run:
 
 def stream(kind: str, seed: int, quick: bool, limit: int) -> dict[str, Any]:
     """The StreamConfig mapping of stream `kind` ("s1", "s2" or "s3"); --quick changes S1 and S2 to digits
-    (S3 needs images of at least 32 px, so it stays on CIFAR-10)."""
+    (S3 stays on CIFAR-10 test images, which the backbone never saw)."""
     if kind == "s3":  # S3's pools hold 150 training rows per class and segment: a larger limit changes nothing
         return {"datasets": ["cifar10"], "split": "test", "corruptions": list(S3_CORRUPTIONS),
                 "severity": S3_SEVERITY, "limit_per_class": limit or None, "seed": seed}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import TINY_BACKBONE
+from PIL import Image
 
 from pegp_stream.cli import main
 from pegp_stream.config import EvalConfig, StreamConfig, to_config
@@ -86,9 +87,16 @@ def test_unknown_corruption_is_a_one_line_config_error_naming_the_field():
     assert "\n" not in message and message.startswith("stream.corruptions") and "'fog'" in message
 
 
-def test_images_smaller_than_32_pixels_are_refused_naming_the_size():
-    with pytest.raises(datasets.DatasetError, match="at least 32x32 pixels, got 8x8"):
-        build_stream(StreamConfig(datasets=("digits",), corruptions=("snow",), limit_per_class=2))
+def test_images_smaller_than_32_pixels_are_resized_up_to_it_before_the_corruption():
+    config = StreamConfig(datasets=("digits",), corruptions=("snow", "contrast"), limit_per_class=2)
+    stream = build_stream(config)
+    assert all(record.image.shape == (32, 32, 3) and record.image.dtype == np.uint8 for record in stream)
+    source = datasets.load_dataset("digits")  # 8 x 8: the package alone refuses it
+    item = stream.items[0]
+    row = np.sort([i.index for i in domain_incremental_schedule(source.labels, 2, 0.25, heldout=False, seed=0,
+                                                                 limit_per_class=2) if i.segment == 0])[item.index]
+    upsized = np.asarray(Image.fromarray(source.images[row]).resize((32, 32), Image.Resampling.BILINEAR))
+    assert np.array_equal(stream.record(item).image, corrupt_images(upsized[None], "snow", 1, 0, np.array([row]))[0])
 
 
 def test_eval_on_a_tiny_domain_stream_writes_a_t_by_t_matrix(cifar10_dir, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from PIL import Image
 
 from pegp_stream.data.datasets import DatasetError
 
@@ -22,31 +23,38 @@ CORRUPTIONS = (
     "gaussian_noise", "shot_noise", "speckle_noise", "defocus_blur", "motion_blur", "zoom_blur", "snow", "frost",
     "spatter", "brightness", "contrast", "saturate", "elastic_transform", "pixelate", "jpeg_compression",
 )
-MIN_SIZE = 32  # the package rejects smaller images
+MIN_SIZE = 32  # the package rejects smaller images: smaller ones are resized up to this first
 
 
 def corrupt_images(images: np.ndarray, name: str, severity: int, seed: int, rows: np.ndarray) -> np.ndarray:
-    """`images` (uint8, (N, H, W) or (N, H, W, 3), at least 32 x 32) with corruption `name` at `severity`
-    (1-5) as a new uint8 (N, H, W, 3) array; image i's noise is seeded by (`seed`, `rows[i]`).
+    """`images` (uint8, (N, H, W) or (N, H, W, 3)) with corruption `name` at `severity` (1-5) as a new uint8
+    (N, H', W', 3) array; image i's noise is seeded by (`seed`, `rows[i]`). Images whose short side is under
+    32 pixels (MNIST's 28, say) are first resized bilinearly so that it is 32, as the backbone's input step
+    would resize them anyway; larger images keep their size.
 
-    Raises `DatasetError` when the package is missing or the images are too small; ValueError for a name
-    outside `CORRUPTIONS`.
+    Raises `DatasetError` when the package is missing; ValueError for a name outside `CORRUPTIONS`.
     """
     if name not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {name!r}; supported: {', '.join(CORRUPTIONS)}")
-    if min(images.shape[1:3]) < MIN_SIZE:
-        raise DatasetError(f"corruption {name!r} needs images of at least {MIN_SIZE}x{MIN_SIZE} pixels, got "
-                           f"{images.shape[2]}x{images.shape[1]}")
     corrupt = _corrupt_function()
     saved = np.random.get_state()
     try:
         corrupted = []
         for image, row in zip(images, rows, strict=True):
             np.random.seed([seed % 2**32, int(row)])
-            corrupted.append(corrupt(image, severity=severity, corruption_name=name))
+            corrupted.append(corrupt(_at_least_min_size(image), severity=severity, corruption_name=name))
     finally:
         np.random.set_state(saved)
     return np.stack(corrupted)
+
+
+def _at_least_min_size(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    if min(height, width) >= MIN_SIZE:
+        return image
+    scale = MIN_SIZE / min(height, width)
+    size = (max(MIN_SIZE, round(width * scale)), max(MIN_SIZE, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
 def _corrupt_function():
