@@ -2,8 +2,8 @@
 references and the head variants, each over several seeds through `pegp_stream.evaluation.run` (what
 `pegp-stream eval` runs).
 
-    python -m benchmarks.evidence run    [--suites heads,s1,s2,s3,refs,frozen-heads,iid] [--seeds 0,1,2] [--workers 2]
-                                         [--quick]
+    python -m benchmarks.evidence run    [--suites heads,s1,s2,s3,s4,refs,frozen-heads,iid] [--seeds 0,1,2]
+                                         [--workers 2] [--quick]
     python -m benchmarks.evidence report [--out DIR]
     python -m benchmarks.evidence slda-peer [--seeds 0,1,2] [--shrinkage S] [--quick]   (benchmarks/slda_peer.py)
     python -m benchmarks.evidence feature-drift [--variant NAME:KEY=VALUE,...] [--steps N] (benchmarks/feature_drift.py)
@@ -14,6 +14,9 @@ Streams (docs/method.md section 7 metrics; RESULTS.md says what was run):
 - S3: domain-incremental: all 10 CIFAR-10 classes in each of 5 segments, each segment its own disjoint pool
   of CIFAR-10 *test* images (the backbone was pretrained on the train split) corrupted with one
   `imagecorruptions` type (S3_CORRUPTIONS); per class and segment 150 learned and 50 held out at most.
+- S4: domain-incremental and long: S3's corruptions on Fashion-MNIST's training split (60 000 images, which the
+  backbone never saw), a disjoint pool per segment, per class and segment 900 learned and 300 held out at
+  full size (--limit-per-class 0): segments of 9 000 samples, 45 000 in all.
 Every run's folder holds result.json, matrix.csv, curve.csv and its plots; `run` skips runs already
 done (a killed grid resumes), `report` aggregates mean and spread over seeds into summary.csv / summary.md
 and draws forgetting per paradigm.
@@ -53,7 +56,7 @@ HEADS: dict[str, dict[str, Any]] = {
 }
 GRID_HEAD = "slda"
 # Issue 10: the frozen-backbone references with the second-order heads (exact in one pass, no SGD), each on
-# S1, S2 and S3; run folders frozen-s1/none/<head>, frozen-s2/none/<head> and frozen-s3/none/<head>. Not here:
+# S1 to S4; run folders frozen-s1/none/<head> to frozen-s4/none/<head>. Not here:
 # ridge with 2048 random features (RanPAC's form), 516 s of training per run at 150 samples per class on 2 shared
 # cores (5.8 rec/s).
 FROZEN_HEADS: dict[str, dict[str, Any]] = {
@@ -83,10 +86,10 @@ S3_SEVERITY = 3
 DETECTOR = {"kind": "page_hinkley"}  # S2: the prequential loss jumps when unseen classes arrive
 JOINT_EPOCHS = 3
 JOINT_LINEAR_HEAD_LR = 0.01  # the joint reference's linear head (the PET keeps its paradigm's rate)
-SUITES = ("heads", "s1", "s2", "s3", "refs", "frozen-heads", "iid")
+SUITES = ("heads", "s1", "s2", "s3", "s4", "refs", "frozen-heads", "iid")
 # The headroom a one-pass learner has (suite "iid"): the PET at the shipped defaults fed the stream's training
 # samples once in a random order (one segment: no drift, nothing to protect), slda refit on its final features.
-# Folders iid-s1/<paradigm>/iid-1ep and iid-s3/...; S2 holds S1's samples, so its reference is iid-s1's.
+# Folders iid-s1/<paradigm>/iid-1ep, iid-s3/... and iid-s4/...; S2 holds S1's samples, so its reference is iid-s1's.
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,12 @@ class Run:
 
 
 def stream(kind: str, seed: int, quick: bool, limit: int) -> dict[str, Any]:
-    """The StreamConfig mapping of stream `kind` ("s1", "s2" or "s3"); --quick changes S1 and S2 to digits
+    """The StreamConfig mapping of stream `kind` ("s1" to "s4"); --quick changes S1, S2 and S4 to digits
     (S3 stays on CIFAR-10 test images, which the backbone never saw)."""
+    if kind == "s4":
+        return {"datasets": ["digits" if quick else "fashion_mnist"], "split": "train",
+                "corruptions": list(S3_CORRUPTIONS), "severity": S3_SEVERITY, "limit_per_class": limit or None,
+                "seed": seed}
     if kind == "s3":  # S3's pools hold 150 training rows per class and segment: a larger limit changes nothing
         return {"datasets": ["cifar10"], "split": "test", "corruptions": list(S3_CORRUPTIONS),
                 "severity": S3_SEVERITY, "limit_per_class": limit or None, "seed": seed}
@@ -156,19 +163,19 @@ def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], 
 
     for seed in seeds:
         if "frozen-heads" in suites:
-            for suite in ("frozen-s1", "frozen-s2", "frozen-s3"):
+            for suite in ("frozen-s1", "frozen-s2", "frozen-s3", "frozen-s4"):
                 for head in FROZEN_HEADS:
                     add(suite, "none", head, seed, projected=False, head=head, kind=suite.removeprefix("frozen-"))
         if "heads" in suites:
             for head in HEADS:
                 add("heads", "adapter", head, seed, projected=True, head=head)
-        for suite in ("s1", "s2", "s3"):
+        for suite in ("s1", "s2", "s3", "s4"):
             if suite in suites:
                 for paradigm in paradigms:
                     for projected in (False, True):
                         add(suite, paradigm, "pegp" if projected else "plain", seed, projected=projected, kind=suite)
         if "iid" in suites:
-            for kind in ("s1", "s3"):
+            for kind in ("s1", "s3", "s4"):
                 for paradigm in paradigms:
                     add(f"iid-{kind}", paradigm, "iid-1ep", seed, projected=False, kind=kind, joint_epochs=1)
         if "refs" in suites:
@@ -332,7 +339,7 @@ def report(out: Path) -> int:
     if checks:
         print()
         print(format_table(checks, list(checks[0])))
-    for suite in ("s1", "s2", "s3"):
+    for suite in ("s1", "s2", "s3", "s4"):
         chosen = [r for r in rows if r["suite"] == suite]
         if chosen:
             plot_forgetting(chosen, out / f"forgetting-{suite}.png", f"{suite.upper()}: forgetting per paradigm")

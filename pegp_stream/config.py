@@ -75,6 +75,11 @@ class ProjectionConfig(Frozen):
         "left free let old features drift on 12 000-sample segments (benchmarks/RESULTS.md 'A default for "
         "eps_bottleneck'); they fill at the first boundary, after which only the d-wide tensor learns",
     )
+    consolidate_every: int = Field(0, ge=0, description=(
+        "also grow the bases every N learned samples inside a segment (0: only at drift boundaries). It protects "
+        "the features of samples the head has already absorbed from the rest of a long segment, so the head's "
+        "statistics stay valid; it is not a boundary: segments, their count and their classes are unchanged "
+        "(benchmarks/RESULTS.md 'Stale statistics inside long segments')"))
     protect_head: bool = Field(True, description="project the linear head's update against old features")
     max_tokens_per_sample: int | None = Field(
         None, ge=1, description="token subsampling for covariances: CLS plus random others; None = all"

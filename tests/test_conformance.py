@@ -68,6 +68,22 @@ def test_state_round_trip_continues_bitwise(kind, optimizer):
     assert_state_equal(uninterrupted.state_dict(), resumed.state_dict())
 
 
+@pytest.mark.parametrize("kind", PARADIGMS)
+def test_state_round_trip_continues_bitwise_with_growths_inside_segments(kind):
+    """`projection.consolidate_every`: the count since the last growth is part of the state, so a resumed
+    learner grows its bases at the same sample as one that never stopped."""
+    config = tiny_config(kind, projection={"max_tokens_per_sample": 20, "consolidate_every": 20})
+    uninterrupted = create_learner(config)
+    run(uninterrupted, batches(7, (0, 1, 2)))  # growths at 24 and 48 samples; 8 since the last at the save
+    saved = through_bytes(uninterrupted.state_dict())
+    resumed = create_learner(config)
+    resumed.load_state_dict(saved)
+    for learner in (uninterrupted, resumed):
+        run(learner, batches(3, (0, 1, 2), offset=56))
+    assert uninterrupted.growths == 3 and uninterrupted.consolidations == 0
+    assert_state_equal(uninterrupted.state_dict(), resumed.state_dict())
+
+
 @pytest.mark.parametrize("head", head_kinds())
 def test_every_head_round_trips_and_predicts_without_changing_state(head):
     config = tiny_config("adapter", head={"kind": head}, optimizer={"lr": 1e-3})

@@ -99,6 +99,22 @@ def test_images_smaller_than_32_pixels_are_resized_up_to_it_before_the_corruptio
     assert np.array_equal(stream.record(item).image, corrupt_images(upsized[None], "snow", 1, 0, np.array([row]))[0])
 
 
+def test_evidence_s4_is_the_long_domain_stream_on_fashion_mnist_and_runs_quick_on_digits(tmp_path):
+    from benchmarks import evidence
+
+    full = {r.key: r.config for r in evidence.plan(["s4", "frozen-heads"], [0], ["lora"], False, None, 0, 50)}
+    assert {"s4/lora/plain", "s4/lora/pegp", "frozen-s4/none/slda"} <= set(full)
+    stream = full["s4/lora/pegp"]["stream"]
+    assert stream["datasets"] == ["fashion_mnist"] and stream["split"] == "train"
+    assert stream["corruptions"] == list(evidence.S3_CORRUPTIONS) and stream["limit_per_class"] is None
+    args = ["run", "--quick", "--suites", "s4", "--seeds", "0", "--paradigms", "lora", "--variants", "pegp",
+            "--workers", "1", "--limit-per-class", "3", "--test-limit-per-class", "2", "--out", str(tmp_path)]
+    assert evidence.main(args) == 0
+    result = json.loads((tmp_path / "s4" / "lora" / "pegp" / "seed0" / "result.json").read_text())
+    assert result["segments"] == len(evidence.S3_CORRUPTIONS) and result["records"] == 5 * 10 * 3
+    assert (tmp_path / "forgetting-s4.png").is_file()
+
+
 def test_eval_on_a_tiny_domain_stream_writes_a_t_by_t_matrix(cifar10_dir, tmp_path):
     out = tmp_path / "s3"
     args = ["eval", "--out", str(out), "--no-plots", "--set", "name=s3", "--set", "stream.datasets=[cifar10]",

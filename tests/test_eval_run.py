@@ -195,7 +195,7 @@ def test_the_iid_reference_is_one_shuffled_pass_over_each_kind_of_stream_at_the_
     from benchmarks import evidence
 
     runs = {r.key: r.config for r in evidence.plan(["iid"], [0], ["lora"], True, None, 10, 5)}
-    assert sorted(runs) == ["iid-s1/lora/iid-1ep", "iid-s3/lora/iid-1ep"]
+    assert sorted(runs) == ["iid-s1/lora/iid-1ep", "iid-s3/lora/iid-1ep", "iid-s4/lora/iid-1ep"]
     for config in runs.values():
         assert config["joint_epochs"] == 1
         assert config["learner"]["projection"]["enabled"] is False  # one segment: nothing to protect

@@ -92,6 +92,39 @@ def test_consolidate_resets_momentum_and_segment_statistics():
                                                                                strict=True))
 
 
+def test_consolidate_every_grows_the_bases_inside_a_segment_without_starting_one():
+    learner = create_learner(tiny_config("lora", projection={"consolidate_every": 32}))
+    x, y = digits_segment((0, 1), 48)
+    learner.learn_many(x[:16], y[:16])
+    assert learner.growths == 0 and learner.ranks == {s.name: 0 for s in learner.spaces}
+    learner.learn_many(x[16:32], y[16:32])  # 32 samples since the start: the bases grow
+    assert learner.growths == 1 and learner.grown_at == 32 and all(r > 0 for r in learner.ranks.values())
+    assert learner.consolidations == 0 and learner.segment_classes == {0, 1}  # still the first segment
+    assert not learner.optimizer.state and all(s.rows == 0 for s in learner.spaces)
+    learner.learn_many(x[32:], y[32:])
+    assert learner.growths == 1  # 16 since the last growth
+    learner.consolidate()  # a boundary grows them too and restarts the count
+    assert (learner.growths, learner.consolidations, learner.grown_at) == (2, 1, 48)
+
+
+def test_consolidate_every_keeps_features_learned_early_in_a_segment_where_they_were():
+    """The head's statistics of a long segment's first samples stay valid while the rest of it is learned:
+    their features barely move once a growth has protected them, and they do move without it."""
+    x, y = digits_segment((0, 1, 2), 96)
+
+    def moved(every: int) -> float:
+        learner = create_learner(tiny_config("lora", optimizer={"lr": 10.0}, head={"kind": "slda"},
+                                             projection={"consolidate_every": every}))
+        learner.learn_many(x[:32], y[:32])
+        before = learner.features(x[:32])
+        for i in range(32, 96, 16):
+            learner.learn_many(x[i : i + 16], y[i : i + 16])
+        return float((learner.features(x[:32]) - before).norm() / before.norm())
+
+    protected, free = moved(32), moved(0)
+    assert free > 5e-3 and protected < 0.1 * free
+
+
 def test_projection_disabled_has_no_spaces_and_consolidate_reports_none():
     learner = create_learner(tiny_config("adapter", projection={"enabled": False}))
     x, y = digits_segment((0, 1), 8)

@@ -120,7 +120,9 @@ class Learner:
         self.segment_classes: set[int] = set()
         self.updates = 0
         self.samples_learned = 0
-        self.consolidations = 0
+        self.consolidations = 0  # drift boundaries: segment k of the stream follows the k-th
+        self.growths = 0  # basis growths: one per boundary, plus those inside segments (`consolidate_every`)
+        self.grown_at = 0  # samples_learned at the last growth
         # PET lr per unit of optimizer.lr (lr_unit "feature"): measured at each segment's first step with a gradient
         self.lr_factor: float | None = None if self._calibrates else 1.0
         self._set_learning_rates()
@@ -160,6 +162,9 @@ class Learner:
         if self._compensated and step.loss.requires_grad:
             self._compensate(step, learned)
         self._observe(step, targets)
+        every = self.config.projection.consolidate_every
+        if every and self.samples_learned - self.grown_at >= every:
+            self._grow()
         return LearnResult(predictions, mean_loss, dict(sorted(rejected.items())), sample_losses, features)
 
     def _forward(self, images: torch.Tensor, targets: torch.Tensor, known: int) -> _Step:
@@ -307,21 +312,30 @@ class Learner:
     # boundaries, inference, state
 
     def consolidate(self) -> dict[str, int]:
-        """A drift boundary: grow every basis from its segment covariance, reset the covariances and the
-        optimizer state (momentum). Returns the rank of every protected space."""
+        """A drift boundary: grow every basis from the covariance of the features since the last growth,
+        reset the covariances and the optimizer state (momentum), start a segment. Returns the rank of every
+        protected space."""
+        self.consolidations += 1
+        self.segment_classes.clear()
+        return self._grow()
+
+    def _grow(self) -> dict[str, int]:
+        """Grow every basis (a boundary's, or one inside a segment every `projection.consolidate_every`
+        samples): the features seen since the last growth join the protected spaces, momentum restarts (it
+        holds directions the new bases forbid) and the PET's sensitivity is measured again."""
         ranks = {}
         # every rank grows its bases from the whole segment's features, with the same seeds: the same bases
         self.collective.all_reduce([space.covariance for space in self.spaces])
         for i, space in enumerate(self.spaces):
-            ranks[space.name] = space.consolidate(seed=self.config.seed * 1_000_003 + self.consolidations * 7919 + i)
+            ranks[space.name] = space.consolidate(seed=self.config.seed * 1_000_003 + self.growths * 7919 + i)
         self.collective.check_equal("protected bases", [space.basis for space in self.spaces])
         self.optimizer.state.clear()
-        if self._calibrates:  # the PET's sensitivity changes as it learns: measured again in the new segment
+        if self._calibrates:  # the PET's sensitivity changes as it learns: measured again after each growth
             self.lr_factor = None
-        self.consolidations += 1
-        self.segment_classes.clear()
+        self.growths += 1
+        self.grown_at = self.samples_learned
         for hook in self.attachment.on_consolidate:
-            hook(self.consolidations)
+            hook(self.growths)
         return ranks
 
     @torch.no_grad()
@@ -413,7 +427,7 @@ class Learner:
             "generator": self.generator.get_state(),
             "lr_factor": self.lr_factor if self._calibrates else None,
             "counters": {"updates": self.updates, "samples_learned": self.samples_learned,
-                         "consolidations": self.consolidations},
+                         "consolidations": self.consolidations, "growths": self.growths, "grown_at": self.grown_at},
         }
 
     def _spaces_state(self) -> dict[str, dict[str, Any]]:
@@ -497,8 +511,11 @@ class Learner:
         counters = state["counters"]
         self.updates, self.samples_learned = counters["updates"], counters["samples_learned"]
         self.consolidations = counters["consolidations"]
-        for hook in self.attachment.on_consolidate if self.consolidations else ():
-            hook(self.consolidations)
+        # states from before consolidate_every grew only at boundaries; the segment under way started its count
+        self.growths = counters.get("growths", self.consolidations)
+        self.grown_at = counters.get("grown_at", self.samples_learned)
+        for hook in self.attachment.on_consolidate if self.growths else ():
+            hook(self.growths)
 
     # ----------------------------------------------------------------------------------------------------
     # helpers
