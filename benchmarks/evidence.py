@@ -86,7 +86,8 @@ S3_SEVERITY = 3
 DETECTOR = {"kind": "page_hinkley"}  # S2: the prequential loss jumps when unseen classes arrive
 JOINT_EPOCHS = 3
 JOINT_LINEAR_HEAD_LR = 0.01  # the joint reference's linear head (the PET keeps its paradigm's rate)
-SUITES = ("heads", "s1", "s2", "s3", "s4", "refs", "frozen-heads", "iid")
+STREAMS = ("s1", "s2", "s3", "s4")  # the evidence streams (module docstring), each a suite of its own
+SUITES = ("heads", *STREAMS, "refs", "frozen-heads", "iid")
 # The headroom a one-pass learner has (suite "iid"): the PET at the shipped defaults fed the stream's training
 # samples once in a random order (one segment: no drift, nothing to protect), slda refit on its final features.
 # Folders iid-s1/<paradigm>/iid-1ep, iid-s3/... and iid-s4/...; S2 holds S1's samples, so its reference is iid-s1's.
@@ -113,16 +114,13 @@ class Run:
 def stream(kind: str, seed: int, quick: bool, limit: int) -> dict[str, Any]:
     """The StreamConfig mapping of stream `kind` ("s1" to "s4"); --quick changes S1, S2 and S4 to digits
     (S3 stays on CIFAR-10 test images, which the backbone never saw)."""
-    if kind == "s4":
-        return {"datasets": ["digits" if quick else "fashion_mnist"], "split": "train",
-                "corruptions": list(S3_CORRUPTIONS), "severity": S3_SEVERITY, "limit_per_class": limit or None,
-                "seed": seed}
-    if kind == "s3":  # S3's pools hold 150 training rows per class and segment: a larger limit changes nothing
-        return {"datasets": ["cifar10"], "split": "test", "corruptions": list(S3_CORRUPTIONS),
-                "severity": S3_SEVERITY, "limit_per_class": limit or None, "seed": seed}
-    datasets = ["digits"] if quick else ["mnist", "fashion_mnist"]
-    config: dict[str, Any] = {"datasets": datasets, "classes_per_segment": 2, "limit_per_class": limit or None,
-                              "seed": seed}
+    config: dict[str, Any] = {"limit_per_class": limit or None, "seed": seed}
+    if kind in ("s3", "s4"):  # domain streams: S3's corruptions on S3's or S4's images
+        # S3's pools hold 150 training rows per class and segment: a larger limit changes nothing
+        source = {"datasets": ["cifar10"], "split": "test"} if kind == "s3" else {
+            "datasets": ["digits" if quick else "fashion_mnist"], "split": "train"}
+        return config | source | {"corruptions": list(S3_CORRUPTIONS), "severity": S3_SEVERITY}
+    config |= {"datasets": ["digits"] if quick else ["mnist", "fashion_mnist"], "classes_per_segment": 2}
     if kind == "s2":
         config |= {"markers": False, "blurry": 0.1}
     return config
@@ -163,13 +161,13 @@ def plan(suites: Sequence[str], seeds: Sequence[int], paradigms: Sequence[str], 
 
     for seed in seeds:
         if "frozen-heads" in suites:
-            for suite in ("frozen-s1", "frozen-s2", "frozen-s3", "frozen-s4"):
+            for kind in STREAMS:
                 for head in FROZEN_HEADS:
-                    add(suite, "none", head, seed, projected=False, head=head, kind=suite.removeprefix("frozen-"))
+                    add(f"frozen-{kind}", "none", head, seed, projected=False, head=head, kind=kind)
         if "heads" in suites:
             for head in HEADS:
                 add("heads", "adapter", head, seed, projected=True, head=head)
-        for suite in ("s1", "s2", "s3", "s4"):
+        for suite in STREAMS:
             if suite in suites:
                 for paradigm in paradigms:
                     for projected in (False, True):
@@ -339,7 +337,7 @@ def report(out: Path) -> int:
     if checks:
         print()
         print(format_table(checks, list(checks[0])))
-    for suite in ("s1", "s2", "s3", "s4"):
+    for suite in STREAMS:
         chosen = [r for r in rows if r["suite"] == suite]
         if chosen:
             plot_forgetting(chosen, out / f"forgetting-{suite}.png", f"{suite.upper()}: forgetting per paradigm")
